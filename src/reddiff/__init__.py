@@ -1,0 +1,78 @@
+"""reddiff: solve imaging inverse problems with pretrained diffusion priors using RED-diff.
+
+RED-diff is the variational sampler of Mardani, Song, Kautz and Vahdat, "A Variational Perspective on Solving
+Inverse Problems with Diffusion Models" (ICLR 2024, arXiv 2305.04391).
+
+Quick start::
+
+    import torch, reddiff
+    prior = reddiff.load_prior("model.pt")                      # or a named prior, see `reddiff list priors`
+    x = reddiff.io.load_image("photo.png")                      # [1, 3, H, W] in [-1, 1]
+    op = reddiff.make_operator("sr:4", x.shape[1:], generator=torch.Generator().manual_seed(0))
+    y = op(x) + 0.05 * torch.randn_like(op(x))
+    mu = reddiff.RedDiff(steps=100)(prior, reddiff.Problem(y, op, sigma_y=0.05))
+
+The public names are imported lazily so that ``import reddiff`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        __version__ = version("reddiff")
+    except PackageNotFoundError:  # running from a source tree
+        __version__ = "0.1.0"
+except ImportError:  # pragma: no cover
+    __version__ = "0.1.0"
+
+_LAZY: dict[str, tuple[str, str]] = {
+    "DiffusionPrior": ("reddiff.prior", "DiffusionPrior"),
+    "load_prior": ("reddiff.prior", "load_prior"),
+    "VPSchedule": ("reddiff.schedule", "VPSchedule"),
+    "make_operator": ("reddiff.operators", "make_operator"),
+    "Operator": ("reddiff.operators", "Operator"),
+    "LinearOperator": ("reddiff.operators", "LinearOperator"),
+    "SVDOperator": ("reddiff.operators", "SVDOperator"),
+    "TASKS": ("reddiff.operators", "TASKS"),
+    "Problem": ("reddiff.solvers.base", "Problem"),
+    "StepInfo": ("reddiff.solvers.base", "StepInfo"),
+    "RedDiff": ("reddiff.solvers.reddiff", "RedDiff"),
+    "psnr": ("reddiff.metrics", "psnr"),
+    "ssim": ("reddiff.metrics", "ssim"),
+    "ReddiffError": ("reddiff.errors", "ReddiffError"),
+    "CheckpointError": ("reddiff.errors", "CheckpointError"),
+    "OperatorError": ("reddiff.errors", "OperatorError"),
+    "SolverError": ("reddiff.errors", "SolverError"),
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name in ("io", "metrics", "schedule", "prior", "operators", "solvers", "networks", "cli"):
+        return importlib.import_module(f"reddiff.{name}")
+    raise AttributeError(f"module 'reddiff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import CheckpointError, OperatorError, ReddiffError, SolverError
+    from .metrics import psnr, ssim
+    from .operators import TASKS, LinearOperator, Operator, SVDOperator, make_operator
+    from .prior import DiffusionPrior, load_prior
+    from .schedule import VPSchedule
+    from .solvers.base import Problem, StepInfo
+    from .solvers.reddiff import RedDiff

@@ -1,0 +1,634 @@
+"""The ``reddiff`` command line: ``solve``, ``degrade``, ``list`` and ``eval``.
+
+Every subcommand is callable from Python as ``main(["solve", ...])`` and returns the exit code. A user error
+(missing file, unknown task, bad number, incompatible checkpoint, ...) prints one line ``reddiff: error: ...`` to
+stderr and returns 2; nothing half-written is left on disk (every file is written atomically, and the per-image
+``run.json`` is written last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ReddiffError
+
+__all__ = ["main", "build_parser"]
+
+#: Output file names inside ``DIR/<image stem>/``.
+ESTIMATE, MEASUREMENT, GRID, RUN_JSON, MASK = "estimate.png", "measurement.png", "grid.png", "run.json", "mask.png"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, *, minimum: float | None = None, strict: bool = False, what: str = "value"):
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if minimum is not None and (value <= minimum if strict else value < minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+_pos_int = _number(int, minimum=1, what="positive integer")
+_nonneg_int = _number(int, minimum=0, what="integer >= 0")
+_pos_float = _number(float, minimum=0, strict=True, what="number > 0")
+_nonneg_float = _number(float, minimum=0, what="number >= 0")
+
+
+def _add_prior_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prior")
+    g.add_argument(
+        "--prior",
+        metavar="SPEC",
+        required=True,
+        help="diffusion prior: a named prior (see `reddiff list priors`; downloaded to the cache on first use) or "
+        "the path of a guided-diffusion .pt checkpoint or a reddiff .safetensors export",
+    )
+    g.add_argument(
+        "--prior-config",
+        metavar="JSON",
+        default=None,
+        help="JSON file of guided-diffusion create_model arguments for --prior (default: the named prior's own, "
+        "the JSON beside a .safetensors file, or inferred from the checkpoint)",
+    )
+    g.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1, ...")
+
+
+def _add_solver_args(p: argparse.ArgumentParser) -> None:
+    from .solvers.reddiff import DATA_TERMS, INITS, WEIGHTINGS, RedDiff
+
+    d = RedDiff()
+    g = p.add_argument_group("solver (RED-diff; defaults are the paper's)")
+    g.add_argument("--solver", default="reddiff", choices=["reddiff"], help="the solver (default: %(default)s)")
+    g.add_argument("--steps", type=_pos_int, default=d.steps, help="optimisation steps N (default: %(default)s)")
+    g.add_argument("--lr", type=_pos_float, default=d.lr, help="learning rate (default: %(default)s)")
+    g.add_argument("--lam", type=_nonneg_float, default=d.lam, help="regularisation weight λ (default: %(default)s)")
+    g.add_argument(
+        "--weighting", default=d.weighting, choices=list(WEIGHTINGS), help="SNR weighting f (default: %(default)s)"
+    )
+    g.add_argument(
+        "--obs-weight", type=_nonneg_float, default=d.obs_weight, help="data-term weight (default: %(default)s)"
+    )
+    g.add_argument("--init", default=d.init, choices=list(INITS), help="initial estimate (default: %(default)s)")
+    g.add_argument(
+        "--order",
+        default=d.order,
+        choices=["descending", "ascending", "random"],
+        help="timestep order (default: %(default)s)",
+    )
+    g.add_argument("--optimizer", default=d.optimizer, help="torch.optim optimizer name (default: %(default)s)")
+    g.add_argument(
+        "--data-term",
+        default=d.data_term,
+        choices=list(DATA_TERMS),
+        help="mean: both loss terms averaged (reference normalisation); paper: ||y-A(mu)||^2/(2 sigma_y^2) "
+        "(default: %(default)s)",
+    )
+
+
+def _add_measure_args(p: argparse.ArgumentParser, *, solve: bool) -> None:
+    g = p.add_argument_group("measurement")
+    g.add_argument("--task", required=True, help="forward model, e.g. sr:4, inpaint-random:0.8, deblur-gauss "
+                   "(see `reddiff list tasks`)")
+    g.add_argument(
+        "--sigma-y",
+        type=_nonneg_float,
+        default=0.0,
+        help="measurement noise standard deviation in 0..1 pixel units, as papers report it (0.025 here is 0.05 "
+        "in the [-1, 1] units used inside) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--seed",
+        type=_nonneg_int,
+        default=0,
+        help="base seed; each image gets its own seeds derived from it and its file name, so results do not "
+        "depend on the folder or the batch (default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``reddiff`` command."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="reddiff",
+        description="Restore images and solve inverse problems with a diffusion prior using RED-diff "
+        "(Mardani et al., ICLR 2024).",
+    )
+    parser.add_argument("--version", action="version", version=f"reddiff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    solve = sub.add_parser(
+        "solve",
+        help="restore images: simulate a measurement of clean images (--input) or solve real ones (--measurement)",
+        description="Restore images with RED-diff. With --input, a measurement of each clean image is simulated "
+        "and PSNR/SSIM are reported; with --measurement, the given measurement images are solved. DIR receives, "
+        "per image, DIR/<name>/estimate.png, measurement.png, grid.png and run.json.",
+    )
+    src = solve.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="CLEAN", help="clean image file or folder (a measurement is simulated)")
+    src.add_argument("--measurement", metavar="Y", help="measurement image file or folder (from `reddiff degrade`)")
+    solve.add_argument("--mask", metavar="M.png", help="inpainting mask for --measurement (white = observed)")
+    solve.add_argument("--output", metavar="DIR", required=True, help="output folder")
+    _add_measure_args(solve, solve=True)
+    _add_prior_args(solve)
+    _add_solver_args(solve)
+    run = solve.add_argument_group("run")
+    run.add_argument("--batch-size", type=_pos_int, default=1, help="images per batch (default: %(default)s)")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    degrade = sub.add_parser(
+        "degrade",
+        help="simulate measurements of clean images (files that `solve --measurement` accepts)",
+        description="Write, per image, DIR/<name>.png (the measurement as an image), DIR/<name>.mask.png for "
+        "inpainting, and DIR/<name>.json. Solve them with `reddiff solve --measurement DIR/<name>.png "
+        "--task TASK --seed SEED` (the same task and seed rebuild the same operator).",
+    )
+    degrade.add_argument("--input", metavar="CLEAN", required=True, help="clean image file or folder")
+    degrade.add_argument("--output", metavar="DIR", required=True, help="output folder")
+    _add_measure_args(degrade, solve=False)
+    degrade.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    lst = sub.add_parser("list", help="list tasks, priors or solvers", description="List what reddiff offers.")
+    lst.add_argument("what", nargs="?", default="all", choices=["tasks", "priors", "solvers", "all"])
+    lst.add_argument("--json", action="store_true", help="print JSON")
+
+    ev = sub.add_parser(
+        "eval",
+        help="PSNR/SSIM of predicted images against references",
+        description="Match images by file name (DIR/<name>.png or a solve output DIR/<name>/estimate.png) and "
+        "report PSNR (dB) and SSIM per image and their means.",
+    )
+    ev.add_argument("--pred", metavar="DIR", required=True, help="predictions: a folder of images or solve output")
+    ev.add_argument("--ref", metavar="DIR", required=True, help="reference images: a file or folder")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+def derive_seed(seed: int, name: str, purpose: str) -> int:
+    """A 63-bit seed for one image and one purpose (``operator``, ``solver``), from the base seed and the name."""
+    digest = hashlib.sha256(f"{seed}/{name}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _device(spec: str):
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ReddiffError(f"unknown device {spec!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReddiffError(f"device {spec!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _check_output_dir(path: str | Path) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ReddiffError(f"output path {out} is a file; give a folder")
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unique_stems(files: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise ReddiffError(f"two inputs share the name {f.stem!r} ({seen[f.stem].name}, {f.name}); rename one")
+        seen[f.stem] = f
+
+
+def _progress(total: int, desc: str, disable: bool, position: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=disable, leave=False, position=position, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# solve
+# --------------------------------------------------------------------------------------------------------------
+def _solver_from_args(args: argparse.Namespace):
+    from .solvers.reddiff import RedDiff
+
+    return RedDiff(
+        steps=args.steps,
+        lr=args.lr,
+        lam=args.lam,
+        weighting=args.weighting,
+        obs_weight=args.obs_weight,
+        init=args.init,
+        order=args.order,
+        optimizer=args.optimizer,
+        data_term=args.data_term,
+    )
+
+
+def _operator_for(task: str, x_shape: tuple[int, int, int], seed: int, mask: Any = None):
+    import torch
+
+    from .operators import make_operator
+
+    gen = torch.Generator().manual_seed(seed)
+    op = make_operator(task, x_shape, generator=gen, mask=mask)
+    return op, gen
+
+
+def _measurement_to_x_shape(task: str, y_img_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    from .operators import x_shape_from_measurement
+
+    return x_shape_from_measurement(task, y_img_shape)
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__
+    from .io import list_images, load_image, make_grid, save_image, to_unit, write_json
+    from .metrics import psnr, ssim
+    from .operators import load_mask
+    from .operators.stacked import StackedOperator
+    from .prior import load_prior
+    from .solvers.base import Problem
+
+    t_start = time.perf_counter()
+    out_dir = _check_output_dir(args.output)
+    simulate = args.input is not None
+    if args.mask is not None and simulate:
+        raise ReddiffError("--mask goes with --measurement; with --input use --task inpaint-mask:PATH")
+    files = list_images(args.input if simulate else args.measurement)
+    _unique_stems(files)
+    solver = _solver_from_args(args)
+    sigma_y = 2.0 * args.sigma_y  # 0..1 pixel units -> [-1, 1] units, converted once here
+    device = _device(args.device)
+
+    # refuse before any work if outputs exist (nothing is overwritten without --overwrite)
+    if not args.overwrite:
+        taken = [f.stem for f in files if (out_dir / f.stem).exists() and any((out_dir / f.stem).iterdir())]
+        if taken:
+            more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+            raise ReddiffError(
+                f"outputs exist in {out_dir} for {', '.join(taken[:3])}{more}; pass --overwrite or another --output"
+            )
+
+    # load and check every input first, so a bad file fails before any output is written
+    items: list[dict[str, Any]] = []
+    for f in files:
+        notices: list[str] = []
+        if simulate:
+            x = load_image(f, channels=3, notices=notices)
+            x_shape = tuple(x.shape[1:])
+            y_img = None
+        else:
+            y_img = load_image(f, channels=None, notices=notices)
+            x_shape = _measurement_to_x_shape(args.task, tuple(y_img.shape[1:]))
+            x = None
+        for n in notices:
+            _say(f"reddiff: note: {n}")
+        mask = load_mask(args.mask, x_shape) if args.mask else None
+        op_seed = derive_seed(args.seed, f.stem, "operator")
+        op, gen = _operator_for(args.task, x_shape, op_seed, mask)
+        if simulate:
+            clean = op.A(x)
+            y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+        else:
+            y = op.image_to_y(_match_channels(y_img, op))
+        items.append(
+            {"file": f, "x": x, "y": y, "op": op, "op_seed": op_seed,
+             "solver_seed": derive_seed(args.seed, f.stem, "solver")}
+        )
+
+    t_load = time.perf_counter()
+    prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress)
+    prior.eval()
+    prior_seconds = time.perf_counter() - t_load
+
+    # batches of images whose x and y shapes agree
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for it in items:
+        groups.setdefault((tuple(it["op"].x_shape), tuple(it["y"].shape)), []).append(it)
+    batches = [g[i : i + args.batch_size] for g in groups.values() for i in range(0, len(g), args.batch_size)]
+
+    results: list[dict[str, Any]] = []
+    img_bar = _progress(len(items), "images", args.no_progress or len(items) == 1, position=1)
+    for batch in batches:
+        ops = [it["op"].to(device) for it in batch]
+        op = ops[0] if len(ops) == 1 else StackedOperator(ops)
+        y = torch.cat([it["y"] for it in batch]).to(device)
+        gens = [torch.Generator(device="cuda" if device.type == "cuda" else "cpu").manual_seed(it["solver_seed"])
+                for it in batch]
+        step_bar = _progress(solver.steps, "RED-diff", args.no_progress)
+
+        def on_step(info, bar=step_bar):
+            bar.update(1)
+            if info.step % 10 == 0 or info.step == info.num_steps - 1:
+                bar.set_postfix(loss=f"{info.losses['loss']:.4g}", t=info.t)
+
+        t0 = time.perf_counter()
+        prior.num_evals = 0
+        mu = solver(prior, Problem(y, op, sigma_y), generator=gens, callback=on_step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - t0) / len(batch)
+        step_bar.close()
+        evals = prior.num_evals
+        mu = mu.cpu()
+        for i, it in enumerate(batch):
+            results.append(
+                _write_outputs(it, mu[i : i + 1], ops[i].cpu(), out_dir, args, solver, prior, seconds, evals,
+                               sigma_y, __version__, save_image, make_grid, write_json, to_unit, psnr, ssim)
+            )
+            img_bar.update(1)
+    img_bar.close()
+
+    total = time.perf_counter() - t_start
+    summary: dict[str, Any] = {
+        "task": items[0]["op"].task,
+        "solver": solver.to_dict(),
+        "prior": {k: prior.info.get(k) for k in ("name", "path", "sha256")},
+        "images": results,
+        "outputs": [r["outputs"]["estimate"] for r in results],
+        "seconds": round(total, 3),
+        "prior_load_seconds": round(prior_seconds, 3),
+    }
+    for key in ("psnr", "ssim"):
+        vals = [r[key] for r in results if r.get(key) is not None]
+        summary[key] = (sum(vals) / len(vals)) if vals else None
+    if len(results) > 1:
+        write_json(summary, out_dir / "metrics.json")
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_solve_table(results, summary)
+    return 0
+
+
+def _match_channels(y_img, op):
+    """Give a measurement image the channel count the operator's measurement has (RGB <-> grey)."""
+    import torch
+
+    probe = op.y_to_image(op.A(torch.zeros((1, *op.x_shape))))
+    want, got = probe.shape[1], y_img.shape[1]
+    if want == got:
+        return y_img
+    if want == 1:
+        return y_img.mean(dim=1, keepdim=True)
+    return y_img.expand(-1, want, -1, -1)
+
+
+def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sigma_y, version,
+                   save_image, make_grid, write_json, to_unit, psnr, ssim) -> dict[str, Any]:
+    import torch
+
+    f: Path = it["file"]
+    d = out_dir / f.stem
+    d.mkdir(parents=True, exist_ok=True)
+    est = mu.clamp(-1, 1)
+    meas_img = op.y_to_image(it["y"]).clamp(-1, 1)
+    outputs = {"estimate": str(save_image(est, d / ESTIMATE)), "measurement": str(save_image(meas_img, d / MEASUREMENT))}
+    mask = getattr(op, "mask", None)
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        outputs["mask"] = str(save_image(mask.float()[None, None] * 2 - 1, d / MASK))
+    tiles, labels = [meas_img, est], ["measurement", "RED-diff"]
+    record: dict[str, Any] = {"psnr": None, "ssim": None}
+    if it["x"] is not None:
+        x = it["x"]
+        tiles.append(x)
+        labels.append("ground truth")
+        a, b = to_unit(est.double()), to_unit(x.double())
+        record["psnr"] = float(psnr(a, b)[0])
+        record["ssim"] = float(ssim(a, b)[0]) if min(x.shape[-2:]) > 11 else None
+        # the naive baseline the solver starts from, for context
+        if callable(getattr(op, "A_dagger", None)):
+            base = op.A_dagger(it["y"]).clamp(-1, 1)
+            record["psnr_pinv"] = float(psnr(to_unit(base.double()), b)[0])
+    outputs["grid"] = str(save_image(make_grid(tiles, labels), d / GRID))
+    record.update({"name": f.stem, "input": str(f), "seconds": round(seconds, 4), "network_evals": evals})
+    run = {
+        "reddiff_version": version,
+        "command": ["reddiff", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("reddiff") else None,
+        "input": {"path": str(f), "sha256": _file_sha256(f), "kind": "clean" if it["x"] is not None else "measurement"},
+        "prior": prior.info,
+        "task": {"task": op.task, "params": op.params(), "x_shape": list(op.x_shape),
+                 "y_shape": list(op.y_shape)},
+        "sigma_y": {"pixel_0_1": args.sigma_y, "internal_-1_1": sigma_y},
+        "solver": solver.to_dict(),
+        "seeds": {"base": args.seed, "operator": it["op_seed"], "solver": it["solver_seed"]},
+        "device": str(args.device),
+        "timings": {"solve_seconds": round(seconds, 4)},
+        "network_evals": evals,
+        "metrics": {k: record.get(k) for k in ("psnr", "ssim", "psnr_pinv") if k in record},
+        "outputs": outputs,
+    }
+    outputs["run"] = str(write_json(run, d / RUN_JSON))  # last: its presence marks a finished image
+    record["outputs"] = outputs
+    return record
+
+
+def _print_solve_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    print(f"{'image':<24} {'PSNR dB':>8} {'SSIM':>7} {'pinv dB':>8} {'seconds':>8}  estimate")
+    for r in results:
+        p = f"{r['psnr']:.2f}" if r.get("psnr") is not None else "-"
+        s = f"{r['ssim']:.4f}" if r.get("ssim") is not None else "-"
+        b = f"{r['psnr_pinv']:.2f}" if r.get("psnr_pinv") is not None else "-"
+        print(f"{r['name'][:24]:<24} {p:>8} {s:>7} {b:>8} {r['seconds']:>8.2f}  {r['outputs']['estimate']}")
+    if len(results) > 1 and summary.get("psnr") is not None:
+        print(f"{'mean':<24} {summary['psnr']:>8.2f} {summary['ssim'] or 0:>7.4f}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# degrade
+# --------------------------------------------------------------------------------------------------------------
+def _cmd_degrade(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__
+    from .io import list_images, load_image, save_image, write_json
+
+    out_dir = _check_output_dir(args.output)
+    files = list_images(args.input)
+    _unique_stems(files)
+    if not args.overwrite:
+        taken = [f.stem for f in files if (out_dir / f"{f.stem}.png").exists() or (out_dir / f"{f.stem}.json").exists()]
+        if taken:
+            raise ReddiffError(f"outputs exist in {out_dir} for {', '.join(taken[:3])}; pass --overwrite")
+    sigma_y = 2.0 * args.sigma_y
+    prepared = []
+    for f in files:
+        notices: list[str] = []
+        x = load_image(f, channels=3, notices=notices)
+        for n in notices:
+            _say(f"reddiff: note: {n}")
+        op_seed = derive_seed(args.seed, f.stem, "operator")
+        op, gen = _operator_for(args.task, tuple(x.shape[1:]), op_seed)
+        clean = op.A(x)
+        y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+        prepared.append((f, op, y, op_seed))
+    written = []
+    for f, op, y, op_seed in prepared:
+        outs = {"measurement": str(save_image(op.y_to_image(y).clamp(-1, 1), out_dir / f"{f.stem}.png"))}
+        mask = getattr(op, "mask", None)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            outs["mask"] = str(save_image(mask.float()[None, None] * 2 - 1, out_dir / f"{f.stem}.mask.png"))
+        record = {
+            "reddiff_version": __version__,
+            "input": str(f),
+            "task": {"task": op.task, "params": op.params()},
+            "sigma_y": {"pixel_0_1": args.sigma_y, "internal_-1_1": sigma_y},
+            "seeds": {"base": args.seed, "operator": op_seed},
+            "outputs": outs,
+            "solve_with": f"reddiff solve --measurement {outs['measurement']} --task {op.task} --seed {args.seed}"
+            + (f" --mask {outs['mask']}" if "mask" in outs else "") + f" --sigma-y {args.sigma_y}",
+        }
+        outs["record"] = str(write_json(record, out_dir / f"{f.stem}.json"))
+        written.append(outs)
+        print(outs["measurement"])
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# list
+# --------------------------------------------------------------------------------------------------------------
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .networks.checkpoints import NAMED_PRIORS, cache_dir
+    from .operators import TASKS
+    from .solvers import SOLVERS
+
+    data: dict[str, Any] = {}
+    if args.what in ("tasks", "all"):
+        data["tasks"] = dict(TASKS)
+    if args.what in ("priors", "all"):
+        data["priors"] = {
+            name: {
+                "description": p.description,
+                "file": p.filename,
+                "cached": (cache_dir() / p.filename).is_file(),
+                "sources": list(p.urls),
+            }
+            for name, p in NAMED_PRIORS.items()
+        }
+    if args.what in ("solvers", "all"):
+        data["solvers"] = {name: cls().to_dict() for name, cls in SOLVERS.items()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if "tasks" in data:
+        print("tasks:")
+        for k, v in data["tasks"].items():
+            print(f"  {k:<28} {v}")
+    if "priors" in data:
+        print(f"priors (cache: {cache_dir()}):")
+        for k, v in data["priors"].items():
+            print(f"  {k:<28} {v['description']}{'  [cached]' if v['cached'] else ''}")
+    if "solvers" in data:
+        print("solvers:")
+        for k, v in data["solvers"].items():
+            fields = ", ".join(f"{a}={b}" for a, b in v.items() if a != "solver")
+            print(f"  {k:<28} {fields}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# eval
+# --------------------------------------------------------------------------------------------------------------
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .io import IMAGE_SUFFIXES, list_images, load_image, to_unit
+    from .metrics import psnr, ssim
+
+    refs = list_images(args.ref)
+    pred_dir = Path(args.pred)
+    if not pred_dir.is_dir():
+        raise ReddiffError(f"--pred must be a folder, got {pred_dir}")
+    rows = []
+    missing = []
+    for r in refs:
+        cands = [pred_dir / r.stem / ESTIMATE] + [pred_dir / f"{r.stem}{s}" for s in IMAGE_SUFFIXES]
+        p = next((c for c in cands if c.is_file()), None)
+        if p is None:
+            missing.append(r.stem)
+            continue
+        a, b = to_unit(load_image(p).double()), to_unit(load_image(r).double())
+        if a.shape != b.shape:
+            raise ReddiffError(f"{p} is {tuple(a.shape[-2:])} but {r} is {tuple(b.shape[-2:])}; sizes must match")
+        rows.append({
+            "name": r.stem, "pred": str(p), "ref": str(r),
+            "psnr": float(psnr(a, b)[0]), "ssim": float(ssim(a, b)[0]) if min(a.shape[-2:]) > 11 else None,
+        })
+    if missing:
+        raise ReddiffError(f"no prediction in {pred_dir} for {', '.join(missing[:3])}"
+                           f"{' and more' if len(missing) > 3 else ''} (looked for NAME.png and NAME/{ESTIMATE})")
+    mean_psnr = sum(r["psnr"] for r in rows) / len(rows)
+    ssims = [r["ssim"] for r in rows if r["ssim"] is not None]
+    out = {"images": rows, "psnr": mean_psnr, "ssim": sum(ssims) / len(ssims) if ssims else None}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{'image':<24} {'PSNR dB':>8} {'SSIM':>7}")
+        for r in rows:
+            print(f"{r['name'][:24]:<24} {r['psnr']:>8.2f} {r['ssim'] if r['ssim'] is not None else float('nan'):>7.4f}")
+        print(f"{'mean':<24} {mean_psnr:>8.2f} {out['ssim'] if out['ssim'] is not None else float('nan'):>7.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``reddiff`` command with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handlers = {"solve": _cmd_solve, "degrade": _cmd_degrade, "list": _cmd_list, "eval": _cmd_eval}
+    try:
+        return handlers[args.command](args)
+    except ReddiffError as exc:
+        print(f"reddiff: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reddiff: interrupted", file=sys.stderr)
+        return 130

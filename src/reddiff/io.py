@@ -1,0 +1,218 @@
+"""Files and pixel ranges: the only place that converts between image files, [0, 1] and [-1, 1].
+
+Inside reddiff, pixels are in [-1, 1]. Files are 8-bit PNG/JPEG/... read with Pillow. Every write is atomic
+(written to a temporary file beside the target, then renamed), so an interrupted run never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ReddiffError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "to_unit",
+    "from_unit",
+    "load_image",
+    "save_image",
+    "list_images",
+    "write_json",
+    "atomic_path",
+    "make_grid",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def from_unit(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return x * 2 - 1
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """The image files at ``path``: the file itself, or the images of a folder sorted by name.
+
+    Raises:
+        ReddiffError: when the path does not exist or a folder holds no images.
+    """
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ReddiffError(f"no images in folder {p} (accepted: {', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if not p.exists():
+        raise ReddiffError(f"no such file or folder: {p}")
+    return [p]
+
+
+def load_image(
+    path: str | Path, channels: int | None = 3, notices: list[str] | None = None
+) -> torch.Tensor:
+    """Read an image file as a ``[1, C, H, W]`` float32 tensor in [-1, 1].
+
+    Args:
+        path: the image file.
+        channels: 3 (RGB: grayscale is replicated, alpha dropped), 1 (luminance), or None (keep 1 or 3 as stored).
+        notices: if given, receives a one-line notice for each conversion made (grayscale -> RGB, RGBA -> RGB, ...).
+
+    Raises:
+        ReddiffError: missing, unreadable or non-image file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ReddiffError(f"no such image file: {p}")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("RGBA", "LA", "P", "PA") or (mode == "P" and "transparency" in im.info):
+                converted = im.convert("RGBA" if mode != "LA" else "LA")
+                if notices is not None and converted.mode in ("RGBA", "LA"):
+                    notices.append(f"{p.name}: dropped the alpha channel")
+                im2 = converted.convert("RGB" if converted.mode == "RGBA" else "L")
+            elif mode in ("L", "1", "I", "I;16", "F"):
+                im2 = im.convert("L") if mode in ("1", "L") else _to_8bit_gray(im)
+            else:
+                im2 = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ReddiffError(f"cannot read {p} as an image ({exc.__class__.__name__}); use PNG, JPEG, BMP or TIFF") from None
+    arr = np.asarray(im2, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if channels == 3 and arr.shape[2] == 1:
+        if notices is not None:
+            notices.append(f"{p.name}: grayscale image converted to RGB")
+        arr = np.repeat(arr, 3, axis=2)
+    elif channels == 1 and arr.shape[2] == 3:
+        if notices is not None:
+            notices.append(f"{p.name}: RGB image converted to grayscale (channel mean)")
+        arr = arr.mean(axis=2, keepdims=True)
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
+    return from_unit(x)
+
+
+def _to_8bit_gray(im: Any) -> Any:
+    from PIL import Image
+
+    a = np.asarray(im, dtype=np.float64)
+    hi = 65535.0 if a.max() > 255 else 255.0
+    return Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """A ``[C, H, W]`` or ``[1, C, H, W]`` tensor in [-1, 1] as an ``[H, W, C]`` uint8 array."""
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError("to_uint8 takes one image")
+        x = x[0]
+    arr = to_unit(x.detach().float().cpu()).permute(1, 2, 0).numpy()
+    return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_image(x: torch.Tensor, path: str | Path) -> Path:
+    """Write one image in [-1, 1] (``[C, H, W]`` or ``[1, C, H, W]``, C = 1 or 3) atomically; format from suffix."""
+    from PIL import Image
+
+    arr = to_uint8(x)
+    img = Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
+    target = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower(), "PNG")
+    with atomic_path(target) as tmp:
+        img.save(tmp, format=fmt)
+    return target
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return target
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | set):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _resize_nearest(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(img.shape[-2:]) == size:
+        return img
+    return torch.nn.functional.interpolate(img.unsqueeze(0), size=size, mode="nearest")[0]
+
+
+def make_grid(
+    images: Sequence[torch.Tensor],
+    labels: Sequence[str] | None = None,
+    pad: int = 4,
+    label_height: int = 14,
+) -> torch.Tensor:
+    """Place images side by side with optional captions, as one ``[3, H', W']`` image in [-1, 1].
+
+    Each image (``[C, H, W]`` or ``[1, C, H, W]``, C = 1 or 3, any size) is resized (nearest) to the height and
+    width of the largest one, so small measurements (super-resolution) show at the estimate's scale.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    tiles = [(im[0] if im.dim() == 4 else im).detach().float().cpu() for im in images]
+    tiles = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in tiles]
+    h = max(t.shape[1] for t in tiles)
+    w = max(t.shape[2] for t in tiles)
+    tiles = [_resize_nearest(t, (h, w)) for t in tiles]
+    top = label_height if labels else 0
+    canvas = torch.ones(3, h + top + 2 * pad, len(tiles) * (w + pad) + pad)
+    for i, t in enumerate(tiles):
+        x0 = pad + i * (w + pad)
+        canvas[:, pad + top : pad + top + h, x0 : x0 + w] = t
+    if not labels:
+        return canvas
+    arr = to_uint8(canvas)
+    pil = Image.fromarray(arr)
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default()
+    for i, text in enumerate(labels):
+        draw.text((pad + i * (w + pad), 1), str(text)[: max(4, w // 6)], fill=(0, 0, 0), font=font)
+    out = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return from_unit(out)

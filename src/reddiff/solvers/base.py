@@ -1,0 +1,131 @@
+"""What every solver shares: the measured problem, per-step records, randomness and capability checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import SolverError
+
+__all__ = ["Problem", "StepInfo", "Callback", "GeneratorLike", "per_sample_generators", "randn_like_per_sample",
+           "require_capabilities", "check_finite"]
+
+GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A measurement ``y = A(x) + v`` with ``v ~ N(0, sigma_y^2 I)``.
+
+    Args:
+        y: the measurement, ``[B, ...]`` (batch first), in the operator's output units (pixels in [-1, 1]).
+        operator: the forward model ``A`` (a :class:`reddiff.operators.Operator`).
+        sigma_y: the noise standard deviation in the same [-1, 1] units as ``y`` (the CLI takes it in 0..1 pixel
+            units and doubles it once).
+    """
+
+    y: torch.Tensor
+    operator: Any
+    sigma_y: float = 0.0
+
+    def __post_init__(self) -> None:
+        sigma_y = float(self.sigma_y)
+        if not math.isfinite(sigma_y) or sigma_y < 0:
+            raise SolverError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
+        object.__setattr__(self, "sigma_y", sigma_y)
+        if not isinstance(self.y, torch.Tensor) or self.y.dim() < 1:
+            raise SolverError("y must be a tensor with a batch dimension first")
+        if not torch.isfinite(self.y).all():
+            raise SolverError("the measurement y contains NaN or Inf values")
+
+    @property
+    def batch_size(self) -> int:
+        """Number of measurements in the batch."""
+        return int(self.y.shape[0])
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of the unknown ``x`` including the batch dimension."""
+        return (self.batch_size, *tuple(self.operator.x_shape))
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a solver reports to its callback after each step.
+
+    Attributes:
+        step: 0-based step index.
+        num_steps: total number of steps.
+        t: the integer diffusion timestep of this step.
+        x: the current estimate (detached; RED-diff's ``mu``, a sampler's ``x0`` prediction).
+        losses: scalar loss terms by name (e.g. ``{"loss": ..., "reg": ..., "obs": ...}``).
+    """
+
+    step: int
+    num_steps: int
+    t: int
+    x: torch.Tensor
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+Callback = Callable[[StepInfo], None]
+
+
+def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample so that a sample's noise stream does not depend on its batch.
+
+    Args:
+        generator: ``None`` (fresh, nondeterministic seeds), one generator (``batch`` sub-seeds are drawn from it:
+            deterministic, but a sample's stream then depends on its position), or a sequence of ``batch``
+            generators (fully batch-independent; what the CLI uses, one per image).
+        batch: batch size.
+        device: device of the tensors to be drawn (generators on other devices are used and their draws moved).
+    """
+    if generator is None:
+        seeds = [int(torch.randint(0, 2**62, (1,)).item()) for _ in range(batch)]
+    elif isinstance(generator, torch.Generator):
+        if batch == 1:
+            return [generator]
+        seeds = [int(s) for s in torch.randint(0, 2**62, (batch,), generator=generator)]
+    else:
+        gens = list(generator)
+        if len(gens) != batch:
+            raise SolverError(f"got {len(gens)} generators for a batch of {batch}; pass one per sample")
+        return gens
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
+
+
+def randn_like_per_sample(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``; sample ``i`` is drawn from ``generators[i]``."""
+    draws = [
+        torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype).to(like.device)
+        for g in generators
+    ]
+    return torch.stack(draws)
+
+
+def require_capabilities(solver: str, operator: Any, needs: Sequence[str]) -> None:
+    """Raise one clear error when ``operator`` lacks a method or property the solver needs.
+
+    Args:
+        solver: the solver's name, for the message.
+        operator: the operator to check.
+        needs: attribute names (``"A_dagger"``, ``"A_adjoint"``, ``"singulars"``, ...).
+    """
+    missing = [name for name in needs if not callable(getattr(operator, name, None))]
+    if missing:
+        name = getattr(operator, "task", type(operator).__name__)
+        raise SolverError(
+            f"{solver} cannot use operator {name!r}: it does not provide {', '.join(missing)}"
+        )
+
+
+def check_finite(solver: str, step: int, t: int, value: torch.Tensor, what: str, hint: str) -> None:
+    """Stop with an error naming the step when ``value`` has NaN or Inf entries."""
+    if not bool(torch.isfinite(value).all()):
+        raise SolverError(f"{solver} diverged at step {step} (t={t}): the {what} is not finite; {hint}")
