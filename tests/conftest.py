@@ -27,7 +27,8 @@ def tiny_prior(adm_fixtures):
     """The tiny guided-diffusion-architecture fixture model (random weights) as a prior."""
     from reddiff import load_prior
 
-    return load_prior(adm_fixtures / "tiny_a.pt", progress=False)
+    config = torch.load(adm_fixtures / "tiny_a_io.pt", weights_only=True)["config"]
+    return load_prior(adm_fixtures / "tiny_a.pt", config=config, progress=False)
 
 
 @pytest.fixture()
