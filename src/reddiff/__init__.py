@@ -50,7 +50,26 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SolverError": ("reddiff.errors", "SolverError"),
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "CheckpointError",
+    "DiffusionPrior",
+    "LinearOperator",
+    "Operator",
+    "OperatorError",
+    "Problem",
+    "RedDiff",
+    "ReddiffError",
+    "SVDOperator",
+    "SolverError",
+    "StepInfo",
+    "TASKS",
+    "VPSchedule",
+    "__version__",
+    "load_prior",
+    "make_operator",
+    "psnr",
+    "ssim",
+]
 
 
 def __getattr__(name: str) -> Any:

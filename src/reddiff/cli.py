@@ -269,9 +269,14 @@ def _solver_from_args(args: argparse.Namespace):
 def _operator_for(task: str, x_shape: tuple[int, int, int], seed: int, mask: Any = None):
     import torch
 
-    from .operators import make_operator
+    from .operators import make_operator, parse_task
 
     gen = torch.Generator().manual_seed(seed)
+    if mask is not None:
+        # a mask file defines the operator: any inpainting task becomes inpaint-mask with that mask
+        if not parse_task(task)[0].startswith("inpaint"):
+            raise ReddiffError(f"--mask is for inpainting tasks, not {task!r}")
+        task = "inpaint-mask"
     op = make_operator(task, x_shape, generator=gen, mask=mask)
     return op, gen
 
@@ -427,7 +432,10 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sig
     d.mkdir(parents=True, exist_ok=True)
     est = mu.clamp(-1, 1)
     meas_img = op.y_to_image(it["y"]).clamp(-1, 1)
-    outputs = {"estimate": str(save_image(est, d / ESTIMATE)), "measurement": str(save_image(meas_img, d / MEASUREMENT))}
+    outputs = {
+        "estimate": str(save_image(est, d / ESTIMATE)),
+        "measurement": str(save_image(meas_img, d / MEASUREMENT)),
+    }
     mask = getattr(op, "mask", None)
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         outputs["mask"] = str(save_image(mask.float()[None, None] * 2 - 1, d / MASK))
@@ -437,13 +445,14 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sig
         x = it["x"]
         tiles.append(x)
         labels.append("ground truth")
-        a, b = to_unit(est.double()), to_unit(x.double())
+        # metrics of the 8-bit estimate as saved, so that `reddiff eval` on the files gives the same numbers
+        a, b = _quantize(to_unit(est.double())), to_unit(x.double())
         record["psnr"] = float(psnr(a, b)[0])
         record["ssim"] = float(ssim(a, b)[0]) if min(x.shape[-2:]) > 11 else None
         # the naive baseline the solver starts from, for context
         if callable(getattr(op, "A_dagger", None)):
             base = op.A_dagger(it["y"]).clamp(-1, 1)
-            record["psnr_pinv"] = float(psnr(to_unit(base.double()), b)[0])
+            record["psnr_pinv"] = float(psnr(_quantize(to_unit(base.double())), b)[0])
     outputs["grid"] = str(save_image(make_grid(tiles, labels), d / GRID))
     record.update({"name": f.stem, "input": str(f), "seconds": round(seconds, 4), "network_evals": evals})
     run = {
@@ -465,6 +474,11 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sig
     outputs["run"] = str(write_json(run, d / RUN_JSON))  # last: its presence marks a finished image
     record["outputs"] = outputs
     return record
+
+
+def _quantize(x01):
+    """Round [0, 1] values to the 8-bit levels an image file stores."""
+    return (x01 * 255).round() / 255
 
 
 def _print_solve_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -607,7 +621,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{'image':<24} {'PSNR dB':>8} {'SSIM':>7}")
         for r in rows:
-            print(f"{r['name'][:24]:<24} {r['psnr']:>8.2f} {r['ssim'] if r['ssim'] is not None else float('nan'):>7.4f}")
+            ssim_value = r["ssim"] if r["ssim"] is not None else float("nan")
+            print(f"{r['name'][:24]:<24} {r['psnr']:>8.2f} {ssim_value:>7.4f}")
         print(f"{'mean':<24} {mean_psnr:>8.2f} {out['ssim'] if out['ssim'] is not None else float('nan'):>7.4f}")
     return 0
 

@@ -94,7 +94,8 @@ def load_image(
             else:
                 im2 = im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ReddiffError(f"cannot read {p} as an image ({exc.__class__.__name__}); use PNG, JPEG, BMP or TIFF") from None
+        kind = exc.__class__.__name__
+        raise ReddiffError(f"cannot read {p} as an image ({kind}); use PNG, JPEG, BMP or TIFF") from None
     arr = np.asarray(im2, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -92,8 +92,9 @@ class RedDiff:
         obs_weight: weight of the data-fidelity term.
         sigma_x0: standard deviation of a Gaussian variational posterior around ``mu`` (0: the Dirac of the
             paper); when > 0, ``x0 = mu + sigma_x0 * z`` is drawn afresh each step (reparameterised).
-        init: initial ``mu``: ``pinv`` (``A_dagger(y)``, or the operator's ``initial_estimate`` for nonlinear
-            operators), ``zeros``, ``random`` (standard normal), ``adjoint`` (``A^T y``).
+        init: initial ``mu``: ``pinv`` (the operator's ``initial_estimate(y)`` where it defines one: blurs use
+            a pseudo-inverse truncated at 3e-2 of the largest singular value, nonlinear operators their own
+            guess; otherwise ``A_dagger(y)``), ``zeros``, ``random`` (standard normal), ``adjoint`` (``A^T y``).
         order: timestep order: ``descending`` (paper's best), ``ascending`` or ``random``.
         order_seed: seed of the permutation when ``order="random"`` (the same order for every sample).
         optimizer: a ``torch.optim`` optimizer name.
@@ -164,7 +165,7 @@ class RedDiff:
             if not callable(getattr(op, "A_adjoint", None)):
                 raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} has no A_adjoint")
             return op.A_adjoint(y)
-        for name in ("A_dagger", "initial_estimate"):
+        for name in ("initial_estimate", "A_dagger"):
             fn = getattr(op, name, None)
             if callable(fn):
                 return fn(y)

@@ -1,0 +1,408 @@
+"""Operator base classes: ``Operator`` -> ``LinearOperator`` -> ``SVDOperator``.
+
+Measurement model: ``y = A(x) + sigma_y * noise``; the operator implements ``A`` only (the caller adds the noise).
+Images ``x`` are ``[B, C, H, W]`` tensors in [-1, 1].
+
+Dtype and device: floating buffers (kernels, matrices, SVD factors) are computed in float64 at construction and
+stored as float64 buffers, so ``op.to(torch.float64)`` is exact and the SVD factors are orthonormal to float64
+precision. Every method casts the buffers it uses to the dtype of its input, so the output dtype follows the input
+(float32 in -> float32 out). ``op.to(device)`` moves the buffers; on a device without float64 support use
+``op.to(device, torch.float32)``.
+
+SVD interface (used by DDRM-style solvers), for an operator with ``n = C * H * W`` unknowns, a measurement of
+``m = prod(y_shape)`` entries and ``r = singulars().numel()`` singular values (``r <= min(n, m)``; for every
+built-in operator ``r == m``):
+
+* ``A = U diag(s) V^T`` with ``s = singulars()`` of shape ``[r]`` (non-negative, possibly zero, not necessarily
+  sorted).
+* ``Vt(x)``: ``[B, C, H, W] -> [B, n]``; an orthogonal change of basis whose first ``r`` entries are the
+  coefficients that ``s`` multiplies (entry ``i < r`` pairs with ``s[i]``), the remaining ``n - r`` span the null
+  space of ``A``.
+* ``V(z)``: ``[B, n] -> [B, C, H, W]``, the inverse (and transpose) of ``Vt``.
+* ``Ut(y)``: ``[B, *y_shape] -> [B, r]``.
+* ``U(z)``: ``[B, r] -> [B, *y_shape]``; ``Ut(U(z)) == z``.
+
+So ``A(x) == U(s * Vt(x)[:, :r])``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reddiff.errors import OperatorError
+
+__all__ = [
+    "Operator",
+    "LinearOperator",
+    "SVDOperator",
+    "SeparableOperator",
+    "conjugate_gradient",
+    "uniform_first_basis",
+]
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def uniform_first_basis(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """An orthonormal ``n x n`` basis whose first column is the uniform vector ``ones(n) / sqrt(n)``.
+
+    Built as the Householder reflection ``I - 2 v v^T / (v^T v)`` with ``v = e_1 - u``, which maps ``e_1`` to
+    ``u``; the matrix is symmetric and orthogonal.
+
+    Args:
+        n: Dimension (>= 1).
+        dtype: Floating dtype of the result.
+
+    Returns:
+        ``Q`` of shape ``[n, n]`` with ``Q[:, 0] = 1 / sqrt(n)`` and ``Q^T Q = I``.
+    """
+    u = torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64)
+    v = -u.clone()
+    v[0] += 1.0
+    vv = torch.dot(v, v)
+    q = torch.eye(n, dtype=torch.float64)
+    if vv > 0:
+        q = q - 2.0 * torch.outer(v, v) / vv
+    return q.to(dtype)
+
+
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Batched conjugate gradients for ``M z = b`` with ``M`` symmetric positive semi-definite.
+
+    Each sample (leading dimension) is its own system with its own step sizes. Iteration stops when every
+    sample's residual satisfies ``||r|| <= tol * ||b||`` or after ``iters`` iterations. For a consistent
+    singular system started at zero, CG stays in the range of ``M``.
+
+    Args:
+        apply: The map ``z -> M z`` (batched, shape preserving).
+        b: Right-hand side ``[B, ...]``.
+        iters: Maximum number of iterations.
+        tol: Relative residual tolerance.
+
+    Returns:
+        The approximate solution, same shape as ``b``.
+    """
+    dims = tuple(range(1, b.dim()))
+    z = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = (r * r).sum(dims, keepdim=True)
+    target = (tol**2) * rs
+    for _ in range(iters):
+        if bool((rs <= target).all()):
+            break
+        mp = apply(p)
+        pmp = (p * mp).sum(dims, keepdim=True)
+        alpha = torch.where(pmp > 0, rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)), torch.zeros_like(pmp))
+        z = z + alpha * p
+        r = r - alpha * mp
+        rs_new = (r * r).sum(dims, keepdim=True)
+        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        p = r + beta * p
+        rs = rs_new
+    return z
+
+
+class Operator(nn.Module):
+    """A forward operator ``A`` mapping images ``[B, *x_shape]`` to measurements ``[B, *y_shape]``.
+
+    Subclasses implement :meth:`A`; ``forward`` calls it. Operators hold no trainable parameters; masks, kernels
+    and matrices are buffers, so ``.to(dtype)`` / ``.to(device)`` work. Treat instances as immutable.
+
+    Attributes:
+        task: Canonical task string, e.g. ``"sr:4"``.
+        x_shape: ``(C, H, W)`` of one image.
+        y_shape: Shape of one measurement (without the batch dimension).
+        linear: Whether ``A`` is linear.
+    """
+
+    linear: bool = False
+
+    def __init__(self, x_shape: Sequence[int], y_shape: Sequence[int], task: str) -> None:
+        super().__init__()
+        self.x_shape: tuple[int, int, int] = tuple(int(s) for s in x_shape)  # type: ignore[assignment]
+        self.y_shape: tuple[int, ...] = tuple(int(s) for s in y_shape)
+        self.task: str = task
+
+    # -- the operator -------------------------------------------------------------------------------------------
+    def A(self, x: Tensor) -> Tensor:  # noqa: N802 - the paper's name
+        """Apply the forward operator to ``x`` of shape ``[B, *x_shape]``; returns ``[B, *y_shape]``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Same as :meth:`A`."""
+        return self.A(x)
+
+    # -- description --------------------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable description of the operator's parameters (for run records)."""
+        return {}
+
+    def describe(self) -> str:
+        """One-line human-readable description."""
+        extra = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        c, h, w = self.x_shape
+        text = f"{self.task}: {type(self).__name__}, x {c}x{h}x{w} -> y {'x'.join(map(str, self.y_shape))}"
+        return f"{text} ({extra})" if extra else text
+
+    def extra_repr(self) -> str:
+        return f"task={self.task!r}, x_shape={self.x_shape}, y_shape={self.y_shape}"
+
+    # -- measurement <-> viewable image -------------------------------------------------------------------------
+    def y_to_image(self, y: Tensor) -> Tensor:
+        """The measurement as an image a user would look at, ``[B, C', H', W']`` in [-1, 1].
+
+        The default (for measurements that are already images) returns ``y`` unchanged.
+        """
+        self._check(y, self.y_shape, "measurement")
+        if len(self.y_shape) != 3:
+            raise NotImplementedError(f"{type(self).__name__} does not define y_to_image")
+        return y
+
+    def image_to_y(self, img: Tensor) -> Tensor:
+        """Inverse of :meth:`y_to_image`: turn a measurement image back into ``y`` of shape ``[B, *y_shape]``.
+
+        Raises:
+            OperatorError: If the image has the wrong shape.
+        """
+        if len(self.y_shape) != 3:
+            raise NotImplementedError(f"{type(self).__name__} does not define image_to_y")
+        self._check(img, self.y_shape, "measurement image")
+        return img
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _check(self, t: Tensor, expected: Sequence[int], what: str) -> None:
+        """Raise :class:`OperatorError` unless ``t`` has shape ``[B, *expected]``."""
+        if t.dim() != len(expected) + 1 or tuple(t.shape[1:]) != tuple(expected):
+            raise OperatorError(
+                f"{what} for {self.task} must have shape [B, {_shape_str(expected)[1:-1]}], got {_shape_str(t.shape)}"
+            )
+
+    def _check_x(self, x: Tensor) -> None:
+        self._check(x, self.x_shape, "image")
+
+    def _check_y(self, y: Tensor) -> None:
+        self._check(y, self.y_shape, "measurement")
+
+    @staticmethod
+    def _cast(buf: Tensor, like: Tensor) -> Tensor:
+        """Buffer ``buf`` in the floating dtype and on the device of ``like``."""
+        return buf.to(device=like.device, dtype=like.dtype)
+
+
+class LinearOperator(Operator):
+    """A linear operator with adjoint ``A_adjoint`` and pseudo-inverse ``A_dagger``.
+
+    ``A_dagger`` defaults to the minimum-norm least-squares solution by conjugate gradients:
+    solve ``(A A^T) z = y``, return ``A^T z``. Subclasses with closed forms override it.
+
+    Args:
+        x_shape: ``(C, H, W)``.
+        y_shape: Measurement shape.
+        task: Canonical task string.
+        cg_iters: Default maximum number of CG iterations for :meth:`A_dagger`.
+        cg_tol: Default relative residual tolerance for :meth:`A_dagger`.
+    """
+
+    linear: bool = True
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        y_shape: Sequence[int],
+        task: str,
+        *,
+        cg_iters: int = 100,
+        cg_tol: float = 1e-6,
+    ) -> None:
+        super().__init__(x_shape, y_shape, task)
+        self.cg_iters = int(cg_iters)
+        self.cg_tol = float(cg_tol)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
+        """Apply ``A^T`` to ``y`` of shape ``[B, *y_shape]``; returns ``[B, *x_shape]``."""
+        raise NotImplementedError
+
+    def A_dagger(self, y: Tensor, *, cg_iters: int | None = None, cg_tol: float | None = None) -> Tensor:  # noqa: N802
+        """Minimum-norm least-squares solution ``x = A^T (A A^T)^+ y`` by conjugate gradients.
+
+        Args:
+            y: Measurement ``[B, *y_shape]``.
+            cg_iters: Maximum CG iterations (default: the operator's ``cg_iters``).
+            cg_tol: Relative residual tolerance (default: the operator's ``cg_tol``).
+
+        Returns:
+            ``[B, *x_shape]``.
+        """
+        self._check_y(y)
+        iters = self.cg_iters if cg_iters is None else int(cg_iters)
+        tol = self.cg_tol if cg_tol is None else float(cg_tol)
+        z = conjugate_gradient(lambda v: self.A(self.A_adjoint(v)), y, iters=iters, tol=tol)
+        return self.A_adjoint(z)
+
+
+class SVDOperator(LinearOperator):
+    """A linear operator given by its singular value decomposition ``A = U diag(s) V^T``.
+
+    Subclasses implement :meth:`singulars`, :meth:`Vt`, :meth:`V`, :meth:`Ut` and :meth:`U` with the shapes
+    documented in this module's docstring; :meth:`A`, :meth:`A_adjoint` and :meth:`A_dagger` follow from them
+    (subclasses may override them with faster equivalents).
+    """
+
+    def singulars(self) -> Tensor:
+        """Singular values ``s``, shape ``[r]``, in the operator's buffer dtype (float64 unless cast)."""
+        raise NotImplementedError
+
+    def Vt(self, x: Tensor) -> Tensor:  # noqa: N802
+        """``V^T x``: ``[B, C, H, W] -> [B, n]``; entry ``i < r`` pairs with ``singulars()[i]``."""
+        raise NotImplementedError
+
+    def V(self, z: Tensor) -> Tensor:  # noqa: N802
+        """``V z``: ``[B, n] -> [B, C, H, W]``."""
+        raise NotImplementedError
+
+    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
+        """``U^T y``: ``[B, *y_shape] -> [B, r]``."""
+        raise NotImplementedError
+
+    def U(self, z: Tensor) -> Tensor:  # noqa: N802
+        """``U z``: ``[B, r] -> [B, *y_shape]``."""
+        raise NotImplementedError
+
+    @property
+    def n(self) -> int:
+        """Number of unknowns ``C * H * W``."""
+        return math.prod(self.x_shape)
+
+    @property
+    def r(self) -> int:
+        """Number of singular values."""
+        return int(self.singulars().numel())
+
+    def _pad(self, z: Tensor) -> Tensor:
+        """Pad ``[B, r]`` spectral coefficients with zeros to ``[B, n]``."""
+        return torch.cat([z, z.new_zeros(z.shape[0], self.n - z.shape[1])], dim=1)
+
+    def A(self, x: Tensor) -> Tensor:  # noqa: N802
+        s = self._cast(self.singulars(), x)
+        return self.U(s * self.Vt(x)[:, : s.numel()])
+
+    def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
+        s = self._cast(self.singulars(), y)
+        return self.V(self._pad(s * self.Ut(y)))
+
+    def pinv_singulars(self, like: Tensor, rtol: float | None = None) -> Tensor:
+        """``s^+``: ``1 / s`` where ``s > rtol * max(s)``, else 0, in the dtype/device of ``like``.
+
+        Args:
+            like: Tensor whose dtype and device the result takes.
+            rtol: Relative cutoff; default ``max(H, W) * eps`` of ``like``'s dtype (the SVD factors are exact to
+                float64 precision, so the cutoff only guards against amplifying rounding errors of ``y``). Use a
+                larger value (e.g. ``1e-3``) to regularise ill-conditioned operators such as Gaussian blur.
+        """
+        s = self._cast(self.singulars(), like)
+        if rtol is None:
+            rtol = max(self.x_shape[1:]) * torch.finfo(s.dtype).eps
+        if s.numel() == 0:
+            return s
+        keep = s > rtol * s.max()
+        return torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+
+    def A_dagger(  # noqa: N802
+        self, y: Tensor, *, rtol: float | None = None, cg_iters: int | None = None, cg_tol: float | None = None
+    ) -> Tensor:
+        """Pseudo-inverse ``V S^+ U^T y`` (singular values at or below ``rtol * max(s)`` are treated as 0).
+
+        Args:
+            y: Measurement ``[B, *y_shape]``.
+            rtol: Relative cutoff (see :meth:`pinv_singulars`); raise it to regularise ill-conditioned operators.
+            cg_iters: Ignored (closed form).
+            cg_tol: Ignored (closed form).
+
+        Returns:
+            ``[B, *x_shape]``.
+        """
+        return self.V(self._pad(self.pinv_singulars(y, rtol) * self.Ut(y)))
+
+
+class SeparableOperator(SVDOperator):
+    """Per-channel separable linear map ``Y_c = M_h X_c M_w^T`` with ``M_h: [h, H]``, ``M_w: [w, W]``.
+
+    ``A`` is the Kronecker product ``I_C (x) M_h (x) M_w``; its SVD follows from the two 1-D SVDs
+    (computed in float64 at construction) ``M_h = U_h S_h V_h^T``, ``M_w = U_w S_w V_w^T`` (``h <= H``,
+    ``w <= W``). Spectral layout: ``Vt(x)`` computes ``V_h^T X_c V_w`` (``[B, C, H, W]``); its first
+    ``r = C * h * w`` entries are the ``[:, :, :h, :w]`` block flattened in ``(c, i, j)`` order, with singular value
+    ``S_h[i] * S_w[j]``, followed by the remaining entries in ``(c, i, j)`` order. ``Ut(y)`` is
+    ``U_h^T Y_c U_w`` flattened in ``(c, i, j)`` order.
+
+    Args:
+        mat_h: ``[h, H]`` matrix (``h <= H``) acting on rows.
+        mat_w: ``[w, W]`` matrix (``w <= W``) acting on columns.
+        channels: Number of channels ``C``.
+        task: Canonical task string.
+    """
+
+    def __init__(self, mat_h: Tensor, mat_w: Tensor, channels: int, task: str) -> None:
+        mat_h = torch.as_tensor(mat_h).to(torch.float64)
+        mat_w = torch.as_tensor(mat_w).to(torch.float64)
+        h, big_h = mat_h.shape
+        w, big_w = mat_w.shape
+        if h > big_h or w > big_w:
+            raise OperatorError(f"separable operator needs h <= H and w <= W, got [{h}, {big_h}] and [{w}, {big_w}]")
+        super().__init__((channels, big_h, big_w), (channels, h, w), task)
+        self.register_buffer("mat_h", mat_h)
+        self.register_buffer("mat_w", mat_w)
+        uh, sh, vht = torch.linalg.svd(mat_h, full_matrices=True)
+        uw, sw, vwt = torch.linalg.svd(mat_w, full_matrices=True)
+        self.register_buffer("u_h", uh)
+        self.register_buffer("u_w", uw)
+        self.register_buffer("v_h", vht.T.contiguous())
+        self.register_buffer("v_w", vwt.T.contiguous())
+        self.register_buffer("_s", torch.outer(sh, sw).flatten().repeat(channels))
+        # Permutation from the (c, i, j) flattening of V_h^T X V_w to the spectral order (kept block first).
+        idx = torch.arange(channels * big_h * big_w).view(channels, big_h, big_w)
+        keep = torch.zeros(channels, big_h, big_w, dtype=torch.bool)
+        keep[:, :h, :w] = True
+        perm = torch.cat([idx[keep], idx[~keep]])
+        self._identity_perm = bool(h == big_h and w == big_w)
+        self.register_buffer("_perm", perm)
+        self.register_buffer("_inv_perm", torch.argsort(perm))
+
+    def singulars(self) -> Tensor:
+        return self._s
+
+    def Vt(self, x: Tensor) -> Tensor:  # noqa: N802
+        self._check_x(x)
+        z = (self._cast(self.v_h, x).T @ x @ self._cast(self.v_w, x)).flatten(1)
+        return z if self._identity_perm else z[:, self._perm]
+
+    def V(self, z: Tensor) -> Tensor:  # noqa: N802
+        self._check(z, (self.n,), "spectral vector")
+        if not self._identity_perm:
+            z = z[:, self._inv_perm]
+        z = z.reshape(z.shape[0], *self.x_shape)
+        return self._cast(self.v_h, z) @ z @ self._cast(self.v_w, z).T
+
+    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
+        self._check_y(y)
+        return (self._cast(self.u_h, y).T @ y @ self._cast(self.u_w, y)).flatten(1)
+
+    def U(self, z: Tensor) -> Tensor:  # noqa: N802
+        self._check(z, (self.r,), "spectral vector")
+        z = z.reshape(z.shape[0], *self.y_shape)
+        return self._cast(self.u_h, z) @ z @ self._cast(self.u_w, z).T
+
+    def A(self, x: Tensor) -> Tensor:  # noqa: N802
+        self._check_x(x)
+        return self._cast(self.mat_h, x) @ x @ self._cast(self.mat_w, x).T
+
+    def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
+        self._check_y(y)
+        return self._cast(self.mat_h, y).T @ y @ self._cast(self.mat_w, y)

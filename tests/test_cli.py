@@ -1,0 +1,235 @@
+"""The command line, end to end on small images with the tiny fixture prior."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reddiff.cli import main
+
+STEPS = ["--steps", "3"]
+
+
+@pytest.fixture()
+def prior_args(adm_fixtures):
+    return ["--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_solve_writes_outputs_and_json(capsys, tmp_path, small_image, prior_args):
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "solve", "--task", "sr:4", "--input", small_image, "--output", out_dir,
+                         "--sigma-y", "0.01", "--json", *STEPS, *prior_args)
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res) >= {"psnr", "ssim", "outputs", "seconds"}
+    assert 5 < res["psnr"] < 60 and -1 <= res["ssim"] <= 1
+    d = out_dir / "coffee"
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["estimate.png", "grid.png", "measurement.png", "run.json"]
+    assert Image.open(d / "estimate.png").size == (32, 32)
+    assert Image.open(d / "measurement.png").size == (8, 8)
+    run_rec = json.loads((d / "run.json").read_text())
+    assert run_rec["task"]["task"] == "sr:4"
+    assert run_rec["solver"]["steps"] == 3 and run_rec["solver"]["lr"] == 0.1 and run_rec["solver"]["lam"] == 0.25
+    assert run_rec["sigma_y"] == {"pixel_0_1": 0.01, "internal_-1_1": 0.02}
+    assert len(run_rec["prior"]["sha256"]) == 64
+    assert run_rec["metrics"]["psnr"] == pytest.approx(res["psnr"])
+    assert {"base", "operator", "solver"} <= set(run_rec["seeds"])
+    assert run_rec["reddiff_version"]
+
+
+def test_solve_is_deterministic_and_refuses_to_overwrite(capsys, tmp_path, small_image, prior_args):
+    args = ["solve", "--task", "inpaint-random:0.5", "--input", small_image, *STEPS, *prior_args]
+    assert run(capsys, *args, "--output", tmp_path / "a")[0] == 0
+    assert run(capsys, *args, "--output", tmp_path / "b")[0] == 0
+    a = np.asarray(Image.open(tmp_path / "a/coffee/estimate.png"))
+    b = np.asarray(Image.open(tmp_path / "b/coffee/estimate.png"))
+    assert np.array_equal(a, b)
+    before = (tmp_path / "a/coffee/run.json").read_text()
+    code, _, err = run(capsys, *args, "--output", tmp_path / "a")
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "a/coffee/run.json").read_text() == before
+    assert run(capsys, *args, "--output", tmp_path / "a", "--overwrite", "--seed", "5")[0] == 0
+    c = np.asarray(Image.open(tmp_path / "a/coffee/estimate.png"))
+    assert not np.array_equal(a, c)
+
+
+def test_folder_batching_matches_one_by_one(capsys, tmp_path, small_image, prior_args):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img = Image.open(small_image)
+    img.save(folder / "one.png")
+    img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "two.png")
+    img.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(folder / "three.png")
+    base = ["solve", "--task", "inpaint-random:0.6", "--input", folder, "--sigma-y", "0.02", *STEPS, *prior_args]
+    code, out, err = run(capsys, *base, "--output", tmp_path / "b1", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert len(summary["images"]) == 3 and (tmp_path / "b1/metrics.json").is_file()
+    assert run(capsys, *base, "--output", tmp_path / "b3", "--batch-size", "3")[0] == 0
+    for name in ("one", "two", "three"):
+        a = np.asarray(Image.open(tmp_path / f"b1/{name}/estimate.png")).astype(int)
+        b = np.asarray(Image.open(tmp_path / f"b3/{name}/estimate.png")).astype(int)
+        assert np.abs(a - b).max() <= 1, name  # same per-image seeds; batched convs may round differently
+
+
+def test_degrade_then_solve_measurement_round_trip(capsys, tmp_path, small_image, prior_args):
+    code, out, err = run(capsys, "degrade", "--task", "inpaint-random:0.7", "--input", small_image,
+                         "--output", tmp_path / "deg", "--seed", "3")
+    assert code == 0, err
+    y_png, mask_png = tmp_path / "deg/coffee.png", tmp_path / "deg/coffee.mask.png"
+    assert y_png.is_file() and mask_png.is_file()
+    mask = np.asarray(Image.open(mask_png))
+    assert abs((mask == 0).mean() - 0.7) < 0.01
+    rec = json.loads((tmp_path / "deg/coffee.json").read_text())
+    assert rec["task"]["task"] == "inpaint-random:0.7"
+    for extra in (["--mask", mask_png], ["--seed", "3"]):  # the mask file, or the same seed, rebuild the operator
+        out_dir = tmp_path / f"sol{len(extra[1].__str__())}"
+        code, out, err = run(capsys, "solve", "--task", "inpaint-random:0.7", "--measurement", y_png,
+                             "--output", out_dir, "--json", *extra, *STEPS, *prior_args)
+        assert code == 0, err
+        res = json.loads(out)
+        assert res["psnr"] is None
+        est = np.asarray(Image.open(out_dir / "coffee/estimate.png")).astype(int)
+        # observed pixels stay close to the measurement
+        y = np.asarray(Image.open(y_png)).astype(int)
+        obs = mask > 0
+        assert np.abs(est[obs] - y[obs]).mean() < 40
+
+
+def test_degrade_sr_measurement_has_the_small_size(capsys, tmp_path, small_image, prior_args):
+    assert run(capsys, "degrade", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "d")[0] == 0
+    assert Image.open(tmp_path / "d/coffee.png").size == (16, 16)
+    code, out, err = run(capsys, "solve", "--task", "sr:2", "--measurement", tmp_path / "d/coffee.png",
+                         "--output", tmp_path / "s", *STEPS, *prior_args)
+    assert code == 0, err
+    assert Image.open(tmp_path / "s/coffee/estimate.png").size == (32, 32)
+
+
+def test_eval(capsys, tmp_path, small_image, prior_args):
+    assert run(capsys, "solve", "--task", "denoise", "--input", small_image, "--output", tmp_path / "o",
+               "--sigma-y", "0.05", *STEPS, *prior_args)[0] == 0
+    code, out, err = run(capsys, "eval", "--pred", tmp_path / "o", "--ref", small_image, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    rec = json.loads((tmp_path / "o/coffee/run.json").read_text())
+    assert res["psnr"] == pytest.approx(rec["metrics"]["psnr"], abs=1e-6)
+    code, out, _ = run(capsys, "eval", "--pred", tmp_path / "o", "--ref", small_image)
+    assert code == 0 and "mean" in out
+
+
+def test_list(capsys):
+    code, out, _ = run(capsys, "list", "tasks")
+    assert code == 0
+    for task in ("denoise", "inpaint-box", "inpaint-center", "inpaint-half", "inpaint-random", "inpaint-freeform",
+                 "inpaint-mask", "sr", "bicubic", "deblur-gauss", "deblur-uniform", "deblur-motion", "colorize"):
+        assert task in out
+    code, out, _ = run(capsys, "list", "--json")
+    data = json.loads(out)
+    assert {"imagenet256-uncond", "ffhq256"} <= set(data["priors"]) and "reddiff" in data["solvers"]
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--task", "sharpen"], ["unknown task 'sharpen'", "inpaint-random"]),
+        (["--task", "inpaint-random:1.5"], ["inpaint-random", "0 < P < 1"]),
+        (["--task", "sr:x"], ["sr"]),
+        (["--task", "sr:4", "--sigma-y", "-0.1"], ["--sigma-y", ">= 0"]),
+        (["--task", "sr:4", "--steps", "0"], ["--steps", ">= 1"]),
+        (["--task", "sr:4", "--lr", "0"], ["--lr", "> 0"]),
+        (["--task", "sr:4", "--lr", "nan"], ["--lr", "finite"]),
+        (["--task", "sr:4", "--weighting", "cubic"], ["--weighting", "linear"]),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(capsys, tmp_path, small_image, prior_args, args, needles):
+    code, _, err = run(capsys, "solve", "--input", small_image, "--output", tmp_path / "o", *args, *STEPS,
+                       *prior_args)
+    _one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_files_are_one_line_errors(capsys, tmp_path, small_image, adm_fixtures):
+    prior = ["--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress", *STEPS]
+    code, _, err = run(capsys, "solve", "--task", "sr:4", "--input", tmp_path / "nope.png", "--output",
+                       tmp_path / "o", *prior)
+    _one_line_error(code, err, "nope.png")
+    txt = tmp_path / "notes.png"
+    txt.write_text("hello")
+    code, _, err = run(capsys, "solve", "--task", "sr:4", "--input", txt, "--output", tmp_path / "o", *prior)
+    _one_line_error(code, err, "notes.png", "image")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run(capsys, "solve", "--task", "sr:4", "--input", small_image, "--output", afile, *prior)
+    _one_line_error(code, err, "is a file")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small_mask.png")
+    code, _, err = run(capsys, "solve", "--task", "inpaint-mask", "--measurement", small_image, "--mask",
+                       tmp_path / "small_mask.png", "--output", tmp_path / "o", *prior)
+    _one_line_error(code, err, "mask", "8x8", "32x32")
+    code, _, err = run(capsys, "solve", "--task", "sr:3", "--input", small_image, "--output", tmp_path / "o",
+                       *prior)
+    _one_line_error(code, err, "3")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_checkpoints_are_one_line_errors(capsys, tmp_path, small_image, adm_fixtures):
+    raw = (adm_fixtures / "tiny_a.pt").read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(raw[: len(raw) // 2])
+    base = ["solve", "--task", "sr:4", "--input", small_image, "--output", tmp_path / "o", "--no-progress", *STEPS]
+    code, _, err = run(capsys, *base, "--prior", trunc)
+    _one_line_error(code, err, "trunc.pt")
+    cfg = tmp_path / "wrong.json"
+    cfg.write_text(json.dumps({"image_size": 32, "num_channels": 64, "num_res_blocks": 1, "learn_sigma": True}))
+    code, _, err = run(capsys, *base, "--prior", adm_fixtures / "tiny_a.pt", "--prior-config", cfg)
+    _one_line_error(code, err)
+    code, _, err = run(capsys, *base, "--prior", "no-such-prior")
+    _one_line_error(code, err, "no-such-prior", "imagenet256-uncond")
+    assert not (tmp_path / "o").exists()
+
+
+def test_grayscale_input_is_converted_with_a_notice(capsys, tmp_path, small_image, prior_args):
+    gray = tmp_path / "gray.png"
+    Image.open(small_image).convert("L").save(gray)
+    code, _, err = run(capsys, "solve", "--task", "colorize", "--input", gray, "--output", tmp_path / "o",
+                       *STEPS, *prior_args)
+    assert code == 0 and "grayscale" in err
+
+
+def test_help_lists_every_option_with_defaults(capsys):
+    assert main(["solve", "--help"]) == 0
+    out = capsys.readouterr().out
+    for opt in ("--task", "--input", "--measurement", "--mask", "--output", "--prior", "--prior-config", "--solver",
+                "--steps", "--lr", "--lam", "--weighting", "--sigma-y", "--seed", "--batch-size", "--json",
+                "--overwrite"):
+        assert opt in out, opt
+    flat = " ".join(out.split())
+    assert "0..1 pixel units" in flat and "(default: 1000)" in flat
+
+
+def test_console_script_and_module_entry_point(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "reddiff", "list", "solvers"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert res.returncode == 0 and "reddiff" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "reddiff", "solve", "--task", "sr:4"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
