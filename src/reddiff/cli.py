@@ -187,7 +187,53 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", metavar="DIR", required=True, help="predictions: a folder of images or solve output")
     ev.add_argument("--ref", metavar="DIR", required=True, help="reference images: a file or folder")
     ev.add_argument("--json", action="store_true", help="print JSON")
+    _add_train_parser(sub)
     return parser
+
+
+def _add_train_parser(sub: Any) -> None:
+    from .train import DEFAULT_MODEL, TrainConfig
+
+    d = TrainConfig(out="")
+    tr = sub.add_parser(
+        "train",
+        help="train a diffusion prior (DDPM ε-prediction, ADM network) on random crops",
+        description="Train the ADM network on random crops (flips, 90° rotations, mild rescaling) of the built-in "
+        "offline image set or a folder, with AdamW, EMA weights and gradient clipping. DIR receives checkpoint.pt "
+        "(continue with --resume), prior.safetensors + prior.json (the EMA weights; use them with --prior), "
+        "loss.png and train.json. CUDA is used when present (bf16 autocast); on the CPU a run is deterministic "
+        "for a given seed.",
+    )
+    tr.add_argument("--output", metavar="DIR", required=True, help="output folder")
+    tr.add_argument("--data", default=d.data, help="'builtin' (offline scikit-image/scikit-learn pictures, the "
+                    "held-out astronaut/chelsea/coffee excluded) or a folder of images (default: %(default)s)")
+    tr.add_argument("--steps", type=_pos_int, default=d.steps, help="total steps (default: %(default)s)")
+    tr.add_argument("--batch-size", type=_pos_int, default=d.batch_size, help="crops per step (default: %(default)s)")
+    tr.add_argument("--crop", type=_pos_int, default=d.crop, help="crop side in pixels (default: %(default)s)")
+    tr.add_argument("--lr", type=_pos_float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
+    tr.add_argument("--weight-decay", type=_nonneg_float, default=d.weight_decay,
+                    help="AdamW weight decay (default: %(default)s)")
+    tr.add_argument("--warmup", type=_nonneg_int, default=d.warmup, help="warm-up steps (default: %(default)s)")
+    tr.add_argument("--ema", type=_nonneg_float, default=d.ema_decay, help="EMA decay (default: %(default)s)")
+    tr.add_argument("--grad-clip", type=_pos_float, default=d.grad_clip, help="gradient-norm clip (default: "
+                    "%(default)s)")
+    tr.add_argument("--seed", type=_nonneg_int, default=d.seed, help="seed (default: %(default)s)")
+    tr.add_argument("--checkpoint-every", type=_pos_int, default=d.checkpoint_every,
+                    help="steps between checkpoints (default: %(default)s)")
+    tr.add_argument("--deadleaves", type=_nonneg_float, default=d.deadleaves,
+                    help="fraction of crops from generated dead-leaves images (default: %(default)s)")
+    tr.add_argument("--channels", type=_pos_int, default=DEFAULT_MODEL["num_channels"],
+                    help="ADM base channels, a multiple of 32 (default: %(default)s)")
+    tr.add_argument("--channel-mult", default=DEFAULT_MODEL["channel_mult"],
+                    help="ADM channel multipliers per level (default: %(default)s)")
+    tr.add_argument("--res-blocks", type=_pos_int, default=DEFAULT_MODEL["num_res_blocks"],
+                    help="residual blocks per level (default: %(default)s)")
+    tr.add_argument("--attention", default=DEFAULT_MODEL["attention_resolutions"],
+                    help="attention resolutions, e.g. '8' (relative to a 64 px image; default: none)")
+    tr.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    tr.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt (raise --steps to go on)")
+    tr.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -628,6 +674,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------------------------
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import DEFAULT_MODEL, TrainConfig, train
+
+    model = dict(DEFAULT_MODEL)
+    model.update(num_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
+                 attention_resolutions=args.attention)
+    if model["attention_resolutions"]:
+        model["num_head_channels"] = 32
+    cfg = TrainConfig(
+        out=args.output, data=args.data, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, deadleaves=args.deadleaves, device=args.device,
+        model=model,
+    )
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['final_loss']:.4f}")
+        print(f"prior: {summary['export']}  (use --prior {summary['export']})")
+        if summary["loss_curve"]:
+            print(f"loss curve: {summary['loss_curve']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``reddiff`` command with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
@@ -638,7 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"solve": _cmd_solve, "degrade": _cmd_degrade, "list": _cmd_list, "eval": _cmd_eval}
+    handlers = {"solve": _cmd_solve, "degrade": _cmd_degrade, "list": _cmd_list, "eval": _cmd_eval,
+                "train": _cmd_train}
     try:
         return handlers[args.command](args)
     except ReddiffError as exc:

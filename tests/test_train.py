@@ -1,0 +1,145 @@
+"""Training: loss decreases on tiny crops, resume continues the same run, export loads back as a prior."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reddiff import ReddiffError, load_prior
+from reddiff.cli import main
+from reddiff.data import HELD_OUT, TRAIN_SKIMAGE, CropSampler, dead_leaves
+from reddiff.networks.adm import create_model
+from reddiff.schedule import VPSchedule
+from reddiff.train import TrainConfig, train
+
+TINY = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "",
+        "learn_sigma": False, "use_scale_shift_norm": True, "resblock_updown": True}
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    from skimage import data
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(data.camera()[::8, ::8]).save(d / "camera.png")
+    Image.fromarray(data.rocket()[::8, ::8]).save(d / "rocket.png")
+    return d
+
+
+def _cfg(tmp_path, folder, **kw):
+    base = dict(out=str(tmp_path / "run"), data=str(folder), steps=6, batch_size=4, crop=16, lr=2e-3, warmup=0,
+                checkpoint_every=3, seed=3, model=dict(TINY))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _fixed_loss(model) -> float:
+    g = torch.Generator().manual_seed(0)
+    x0 = CropSampler([dead_leaves(32, np.random.default_rng(0))], 16, seed=1).sample(16)
+    t = torch.randint(0, 1000, (16,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    a = VPSchedule().abar[t].float().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        return float((model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps).pow(2).mean())
+
+
+def test_a_few_steps_decrease_the_loss(tmp_path, folder):
+    cfg = _cfg(tmp_path, folder, steps=40, lr=3e-3)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        init = create_model(**cfg.model)
+    before = _fixed_loss(init)
+    train(cfg, progress=False)
+    state = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
+    init.load_state_dict(state["model"])
+    after = _fixed_loss(init)
+    assert before == pytest.approx(1.0, abs=0.1)  # zero-initialised output layer: eps_hat = 0 at first
+    assert after < 0.7 * before, (before, after)
+
+
+def test_deterministic_and_resume_continues_the_same_run(tmp_path, folder):
+    full = train(_cfg(tmp_path / "a", folder, steps=6), progress=False)
+    train(_cfg(tmp_path / "b", folder, steps=3), progress=False)
+    resumed = train(_cfg(tmp_path / "b", folder, steps=6), resume=True, progress=False)
+    train(_cfg(tmp_path / "c", folder, steps=6), progress=False)
+    sa = torch.load(tmp_path / "a/run/checkpoint.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b/run/checkpoint.pt", weights_only=True)
+    sc = torch.load(tmp_path / "c/run/checkpoint.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for k in sa[key]:
+            assert torch.equal(sa[key][k], sb[key][k]), (key, k)
+            assert torch.equal(sa[key][k], sc[key][k]), (key, k)
+    assert torch.equal(sa["history_loss"], sb["history_loss"])
+    assert full["steps"] == resumed["steps"] == 6
+
+
+def test_export_loads_back_as_a_prior(tmp_path, folder):
+    summary = train(_cfg(tmp_path, folder), progress=False)
+    prior = load_prior(summary["export"])
+    state = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
+    net = create_model(**TINY)
+    net.load_state_dict(state["ema"])
+    x = torch.randn(2, 3, 24, 40)
+    with torch.no_grad():
+        assert torch.allclose(prior.eps(x, 500), net(x, torch.tensor([500, 500])), atol=1e-6)
+    assert (tmp_path / "run/loss.png").is_file()
+    rec = json.loads((tmp_path / "run/train.json").read_text())
+    assert rec["steps"] == 6 and rec["config"]["model"]["num_channels"] == 32
+
+
+def test_resume_guards(tmp_path, folder):
+    train(_cfg(tmp_path, folder, steps=3), progress=False)
+    with pytest.raises(ReddiffError, match="--resume"):
+        train(_cfg(tmp_path, folder, steps=3), progress=False)
+    with pytest.raises(ReddiffError, match="different crop"):
+        train(_cfg(tmp_path, folder, steps=6, crop=8), resume=True, progress=False)
+    with pytest.raises(ReddiffError, match="nothing to resume"):
+        train(_cfg(tmp_path / "new", folder), resume=True, progress=False)
+
+
+def test_training_set_excludes_held_out_images():
+    assert not set(HELD_OUT) & set(TRAIN_SKIMAGE)
+    from reddiff.data import builtin_training_images
+
+    names = [n for n, _ in builtin_training_images()]
+    assert len(names) == 18 and "stereo_motorcycle_right" in names and "china" in names
+    assert not any(h in n for n in names for h in HELD_OUT)
+
+
+def test_crop_sampler_is_reproducible_and_augments():
+    img = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
+    a = CropSampler([img], 16, seed=5)
+    b = CropSampler([img], 16, seed=5)
+    xa = a.sample(8)
+    assert torch.equal(xa, b.sample(8))
+    assert xa.shape == (8, 3, 16, 16) and xa.min() >= -1 and xa.max() <= 1
+    state = a.state_dict()
+    nxt = a.sample(2)
+    a.load_state_dict(state)
+    assert torch.equal(a.sample(2), nxt)
+    with pytest.raises(ReddiffError, match="smaller than the 64px crop"):
+        CropSampler([img], 64)
+
+
+def test_dead_leaves_covers_the_image():
+    im = dead_leaves(64, np.random.default_rng(0))
+    assert im.shape == (64, 64, 3) and im.dtype == np.uint8
+    assert len(np.unique(im.reshape(-1, 3), axis=0)) > 20
+
+
+def test_cli_train_bad_input_and_run(tmp_path, folder, capsys):
+    code = main(["train", "--output", str(tmp_path / "t"), "--data", str(folder), "--steps", "2", "--batch-size", "2",
+                 "--crop", "16", "--channel-mult", "1,2", "--no-progress", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2
+    code = main(["train", "--output", str(tmp_path / "u"), "--data", str(tmp_path / "nope"), "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+    code = main(["train", "--output", str(tmp_path / "t"), "--steps", "0"])
+    assert code == 2
