@@ -42,6 +42,14 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Problem": ("reddiff.solvers.base", "Problem"),
     "StepInfo": ("reddiff.solvers.base", "StepInfo"),
     "RedDiff": ("reddiff.solvers.reddiff", "RedDiff"),
+    "DDIM": ("reddiff.solvers.ddim", "DDIM"),
+    "DPS": ("reddiff.solvers.dps", "DPS"),
+    "PiGDM": ("reddiff.solvers.pigdm", "PiGDM"),
+    "DDRM": ("reddiff.solvers.ddrm", "DDRM"),
+    "SOLVERS": ("reddiff.solvers", "SOLVERS"),
+    "GaussianMixturePrior": ("reddiff.gmm", "GaussianMixturePrior"),
+    "sliced_wasserstein": ("reddiff.gmm", "sliced_wasserstein"),
+    "MatrixOperator": ("reddiff.operators.matrix", "MatrixOperator"),
     "psnr": ("reddiff.metrics", "psnr"),
     "ssim": ("reddiff.metrics", "ssim"),
     "ReddiffError": ("reddiff.errors", "ReddiffError"),
@@ -52,13 +60,20 @@ _LAZY: dict[str, tuple[str, str]] = {
 
 __all__ = [
     "CheckpointError",
+    "DDIM",
+    "DDRM",
+    "DPS",
     "DiffusionPrior",
+    "GaussianMixturePrior",
     "LinearOperator",
+    "MatrixOperator",
     "Operator",
     "OperatorError",
+    "PiGDM",
     "Problem",
     "RedDiff",
     "ReddiffError",
+    "SOLVERS",
     "SVDOperator",
     "SolverError",
     "StepInfo",
@@ -68,6 +83,7 @@ __all__ = [
     "load_prior",
     "make_operator",
     "psnr",
+    "sliced_wasserstein",
     "ssim",
 ]
 
@@ -89,9 +105,16 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import CheckpointError, OperatorError, ReddiffError, SolverError
+    from .gmm import GaussianMixturePrior, sliced_wasserstein
     from .metrics import psnr, ssim
     from .operators import TASKS, LinearOperator, Operator, SVDOperator, make_operator
+    from .operators.matrix import MatrixOperator
     from .prior import DiffusionPrior, load_prior
     from .schedule import VPSchedule
+    from .solvers import SOLVERS
     from .solvers.base import Problem, StepInfo
+    from .solvers.ddim import DDIM
+    from .solvers.ddrm import DDRM
+    from .solvers.dps import DPS
+    from .solvers.pigdm import PiGDM
     from .solvers.reddiff import RedDiff

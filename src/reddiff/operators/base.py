@@ -309,7 +309,7 @@ class SVDOperator(LinearOperator):
         """
         s = self._cast(self.singulars(), like)
         if rtol is None:
-            rtol = max(self.x_shape[1:]) * torch.finfo(s.dtype).eps
+            rtol = max(self.x_shape[1:] or self.x_shape) * torch.finfo(s.dtype).eps
         if s.numel() == 0:
             return s
         keep = s > rtol * s.max()
