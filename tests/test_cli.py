@@ -223,7 +223,7 @@ def test_help_lists_every_option_with_defaults(capsys):
                 "--overwrite"):
         assert opt in out, opt
     flat = " ".join(out.split())
-    assert "0..1 pixel units" in flat and "(default: 1000)" in flat
+    assert "0..1 pixel units" in flat and "reddiff 1000" in flat and "(default: bundled)" in flat
 
 
 def test_console_script_and_module_entry_point(tmp_path):
@@ -233,3 +233,49 @@ def test_console_script_and_module_entry_point(tmp_path):
     res = subprocess.run([sys.executable, "-m", "reddiff", "solve", "--task", "sr:4"], capture_output=True,
                          text=True, cwd=tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("solver", ["dps", "pigdm", "ddrm", "ddim"])
+def test_solve_with_other_solvers(capsys, tmp_path, small_image, prior_args, solver):
+    code, out, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "o",
+                         "--solver", solver, "--steps", "2", "--json", *prior_args)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "o/coffee/run.json").read_text())
+    assert rec["solver"]["solver"] == solver and rec["solver"]["steps"] == 2
+    assert rec["network_evals"] >= 2
+
+
+def test_solver_options_are_checked(capsys, tmp_path, small_image, prior_args):
+    code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "o",
+                       "--solver", "ddrm", "--lr", "0.5", *prior_args)
+    _one_line_error(code, err, "--lr does not apply to --solver ddrm")
+    code, _, err = run(capsys, "solve", "--task", "deblur-motion", "--input", small_image, "--output",
+                       tmp_path / "o", "--solver", "ddrm", "--steps", "2", *prior_args)
+    _one_line_error(code, err, "DDRM cannot use operator 'deblur-motion:0.5'", "singulars")
+
+
+def test_compare_writes_grid_and_table(capsys, tmp_path, small_image, prior_args):
+    code, out, err = run(capsys, "compare", "--task", "deblur-motion", "--input", small_image, "--output",
+                         tmp_path / "c", "--solvers", "reddiff,dps,ddrm", "--steps", "2", "--json", *prior_args)
+    assert code == 0, err
+    rep = json.loads(out)
+    rows = {r["solver"]: r for r in rep["images"][0]["results"]}
+    assert "DDRM cannot use" in rows["ddrm"]["error"]
+    for name in ("reddiff", "dps"):
+        assert rows[name]["network_evals"] == 2 and rows[name]["seconds"] > 0 and "psnr" in rows[name]
+        assert (tmp_path / f"c/coffee/{name}.png").is_file()
+    assert (tmp_path / "c/coffee/compare_grid.png").is_file() and (tmp_path / "c/compare.json").is_file()
+    code, _, err = run(capsys, "compare", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "d",
+                       "--solvers", "reddiff,magic", *prior_args)
+    _one_line_error(code, err, "unknown solver(s) magic")
+
+
+def test_demo_small(capsys, tmp_path, small_image, prior_args):
+    code, out, err = run(capsys, "demo", "--input", small_image, "--task", "sr:2", "--task", "inpaint-random:0.5",
+                         "--steps", "2", "--output", tmp_path / "demo", "--json", *prior_args)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert [r["task"] for r in rep["results"]] == ["sr:2", "inpaint-random:0.5"]
+    assert all(5 < r["psnr"] < 60 for r in rep["results"])
+    grid = Image.open(tmp_path / "demo/demo_grid.png")
+    assert grid.size[1] > 2 * 32  # one row per task

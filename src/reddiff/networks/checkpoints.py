@@ -267,6 +267,15 @@ def _architecture_check(prior: NamedPrior) -> Callable[[Path], None]:
     return check
 
 
+#: Name of the prior shipped inside the package (trained by ``reddiff train``; see docs/MODEL_CARD.md).
+BUNDLED = "bundled"
+
+
+def bundled_weights() -> Path:
+    """Path of the bundled prior's weights (package data; a ``.json`` config and ``.presets.json`` beside it)."""
+    return Path(__file__).resolve().parents[1] / "weights" / "bundled.safetensors"
+
+
 def resolve_checkpoint(
     spec: str | os.PathLike[str],
     *,
@@ -287,6 +296,12 @@ def resolve_checkpoint(
         CheckpointError: an unknown name / missing file, or every download of a named prior failed.
     """
     text = os.fspath(spec)
+    if text == BUNDLED:
+        path = bundled_weights()
+        if not path.is_file():
+            raise CheckpointError(f"the bundled prior is missing from this installation ({path}); reinstall reddiff "
+                                  "or pass --prior PATH")
+        return path, None
     prior = NAMED_PRIORS.get(text)
     if prior is None:
         path = Path(text).expanduser()
@@ -295,7 +310,8 @@ def resolve_checkpoint(
         if path.exists():
             raise CheckpointError(f"checkpoint {text} is not a file")
         raise CheckpointError(
-            f"no checkpoint file {text!r} and no prior of that name; known priors: {', '.join(NAMED_PRIORS)}"
+            f"no checkpoint file {text!r} and no prior of that name; "
+            f"known priors: {', '.join([BUNDLED, *NAMED_PRIORS])}"
         )
     directory = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     dest = directory / prior.filename
@@ -517,7 +533,7 @@ def load_network(
     net.eval()
     net.requires_grad_(False)
     info = {
-        "name": prior.name if prior is not None else path.name,
+        "name": prior.name if prior is not None else (BUNDLED if os.fspath(spec) == BUNDLED else path.name),
         "path": str(path),
         "sha256": digest,
         "config": dict(net.config),
