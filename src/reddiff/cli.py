@@ -674,7 +674,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.what in ("tasks", "all"):
         data["tasks"] = dict(TASKS)
     if args.what in ("priors", "all"):
+        from .networks.checkpoints import BUNDLED, bundled_weights
+        from .presets import load_presets
+
+        bundled = bundled_weights()
+        presets = load_presets(bundled) if bundled.is_file() else None
         data["priors"] = {
+            BUNDLED: {
+                "description": "small natural-image prior shipped with reddiff (docs/MODEL_CARD.md); the default",
+                "file": str(bundled),
+                "cached": bundled.is_file(),
+                "sources": ["package data"],
+                "presets": (presets or {}).get("tasks", {}),
+                "presets_provenance": (presets or {}).get("provenance"),
+            }
+        }
+        data["priors"].update({
             name: {
                 "description": p.description,
                 "file": p.filename,
@@ -682,7 +697,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 "sources": list(p.urls),
             }
             for name, p in NAMED_PRIORS.items()
-        }
+        })
     if args.what in ("solvers", "all"):
         data["solvers"] = {name: cls().to_dict() for name, cls in SOLVERS.items()}
     if args.json:
@@ -696,6 +711,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"priors (cache: {cache_dir()}):")
         for k, v in data["priors"].items():
             print(f"  {k:<28} {v['description']}{'  [cached]' if v['cached'] else ''}")
+            for family, entries in (v.get("presets") or {}).items():
+                for e in entries:
+                    bound = "any sigma_y" if e.get("max_sigma_y") is None else f"sigma_y <= {e['max_sigma_y']:g}"
+                    print(f"  {'':<28}   preset {family:<16} {bound:<18} lam {e.get('lam')}  lr {e.get('lr')}  "
+                          f"steps {e.get('steps')}  weighting {e.get('weighting')}")
     if "solvers" in data:
         print("solvers:")
         for k, v in data["solvers"].items():

@@ -1,0 +1,67 @@
+"""Task presets: selection by task and noise, file validation, and the CLI applying them under user overrides."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from reddiff import ReddiffError
+from reddiff.cli import main
+from reddiff.presets import load_presets, preset_for, presets_path
+
+PRESETS = {
+    "provenance": {"script": "test"},
+    "tasks": {
+        "sr": [{"max_sigma_y": 0.05, "lam": 0.3, "lr": 0.2, "steps": 4, "weighting": "sqrt"},
+               {"max_sigma_y": None, "lam": 0.9, "lr": 0.05, "steps": 5, "weighting": "linear"}],
+        "denoise": [{"max_sigma_y": None, "lam": 2.0, "lr": 0.01, "steps": 3}],
+    },
+}
+
+
+def test_preset_selection_by_noise_level():
+    assert preset_for(PRESETS, "sr:4", 0.02) == {"lam": 0.3, "lr": 0.2, "steps": 4, "weighting": "sqrt"}
+    assert preset_for(PRESETS, "sr:2", 0.05)["lam"] == 0.3
+    assert preset_for(PRESETS, "sr:4", 0.2)["lam"] == 0.9
+    assert preset_for(PRESETS, "denoise", 0.0) == {"lam": 2.0, "lr": 0.01, "steps": 3}
+    assert preset_for(PRESETS, "colorize", 0.0) == {}
+    assert preset_for(None, "sr:4", 0.0) == {}
+
+
+def test_presets_file_beside_weights(tmp_path):
+    w = tmp_path / "model.safetensors"
+    w.write_bytes(b"")
+    assert presets_path(w).name == "model.presets.json"
+    assert load_presets(w) is None
+    presets_path(w).write_text(json.dumps(PRESETS))
+    assert load_presets(w)["tasks"]["sr"][1]["lam"] == 0.9
+    presets_path(w).write_text(json.dumps({"tasks": {"sr": [{"lam": 1, "magic": 2}]}}))
+    with pytest.raises(ReddiffError, match="malformed presets.*magic"):
+        load_presets(w)
+
+
+@pytest.fixture()
+def prior_with_presets(tmp_path, adm_fixtures):
+    w = tmp_path / "tiny.pt"
+    shutil.copy(adm_fixtures / "tiny_a.pt", w)
+    presets_path(w).write_text(json.dumps(PRESETS))
+    return w
+
+
+def test_cli_applies_presets_and_user_overrides(capsys, tmp_path, small_image, prior_with_presets):
+    base = ["solve", "--task", "sr:4", "--input", str(small_image), "--prior", str(prior_with_presets),
+            "--no-progress", "--sigma-y", "0.01"]
+    assert main([*base, "--output", str(tmp_path / "a")]) == 0
+    rec = json.loads((tmp_path / "a/coffee/run.json").read_text())
+    assert rec["solver"]["lam"] == 0.3 and rec["solver"]["steps"] == 4 and rec["solver"]["weighting"] == "sqrt"
+    assert rec["preset"]["lr"] == 0.2 and rec["network_evals"] == 4
+    assert main([*base, "--output", str(tmp_path / "b"), "--lam", "0.7", "--steps", "2"]) == 0
+    rec = json.loads((tmp_path / "b/coffee/run.json").read_text())
+    assert rec["solver"]["lam"] == 0.7 and rec["solver"]["steps"] == 2 and rec["solver"]["lr"] == 0.2
+    # a noisier measurement selects the second preset (0.05 in 0..1 units is 0.1 inside, above the 0.05 bound)
+    assert main([*base[:-1], "0.05", "--output", str(tmp_path / "c")]) == 0
+    rec = json.loads((tmp_path / "c/coffee/run.json").read_text())
+    assert rec["solver"]["lam"] == 0.9 and rec["solver"]["steps"] == 5
+    capsys.readouterr()
