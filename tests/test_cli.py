@@ -57,8 +57,11 @@ def test_solve_is_deterministic_and_refuses_to_overwrite(capsys, tmp_path, small
     b = np.asarray(Image.open(tmp_path / "b/coffee/estimate.png"))
     assert np.array_equal(a, b)
     before = (tmp_path / "a/coffee/run.json").read_text()
-    code, _, err = run(capsys, *args, "--output", tmp_path / "a")
-    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, *args, "--output", tmp_path / "a", "--json")  # same settings: done, skipped
+    assert code == 0 and json.loads(out)["skipped"] == 1
+    assert (tmp_path / "a/coffee/run.json").read_text() == before
+    code, _, err = run(capsys, *args, "--output", tmp_path / "a", "--seed", "5")  # other settings
+    assert code == 2 and "other settings" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "a/coffee/run.json").read_text() == before
     assert run(capsys, *args, "--output", tmp_path / "a", "--overwrite", "--seed", "5")[0] == 0
     c = np.asarray(Image.open(tmp_path / "a/coffee/estimate.png"))

@@ -401,15 +401,90 @@ def _measurement_to_x_shape(task: str, y_img_shape: tuple[int, int, int]) -> tup
     return x_shape_from_measurement(task, y_img_shape)
 
 
+def _distributed(device):
+    """``(rank, world_size, device)`` under ``torchrun`` (WORLD_SIZE > 1), else ``(0, 1, device)``.
+
+    Initialises the process group: NCCL with one GPU per rank (LOCAL_RANK) on CUDA, gloo on the CPU.
+    """
+    import datetime
+    import os
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=2))
+    return rank, world, device
+
+
+def _fingerprint(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run_batch(solver, prior, batch, device, sigma_y, args, notes: list[str]):
+    """Solve one batch; on running out of memory, split it in halves (said in the output) or fail clearly."""
+    import torch
+
+    from .operators.stacked import StackedOperator
+    from .solvers.base import Problem
+
+    ops = [it["op"].to(device) for it in batch]
+    op = ops[0] if len(ops) == 1 else StackedOperator(ops)
+    y = torch.cat([it["y"] for it in batch]).to(device)
+    gens = [torch.Generator(device="cuda" if device.type == "cuda" else "cpu").manual_seed(it["solver_seed"])
+            for it in batch]
+    step_bar = _progress(solver.steps, SOLVER_LABELS.get(solver.name, solver.name), args.no_progress)
+
+    def on_step(info, bar=step_bar):
+        bar.update(1)
+        if (info.step % 10 == 0 or info.step == info.num_steps - 1) and "loss" in info.losses:
+            bar.set_postfix(loss=f"{info.losses['loss']:.4g}", t=info.t)
+
+    t0 = time.perf_counter()
+    prior.num_evals = 0
+    try:
+        mu = solver(prior, Problem(y, op, sigma_y), generator=gens, callback=on_step)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        step_bar.close()
+        oom = isinstance(exc, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(exc)
+        if not oom:
+            raise
+        del y, op, ops
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(batch) == 1:
+            raise ReddiffError(f"out of memory on {device} for one {tuple(batch[0]['op'].x_shape)} image; use a "
+                               "smaller image, --device cpu, or a smaller prior") from None
+        half = len(batch) // 2
+        notes.append(f"a batch of {len(batch)} did not fit in memory on {device}: split into {half} + "
+                     f"{len(batch) - half} (use --batch-size {half} to avoid the retry)")
+        _say(f"reddiff: note: {notes[-1]}")
+        return (_run_batch(solver, prior, batch[:half], device, sigma_y, args, notes)
+                + _run_batch(solver, prior, batch[half:], device, sigma_y, args, notes))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - t0) / len(batch)
+    step_bar.close()
+    mu = mu.cpu()
+    return [(it, mu[i : i + 1], ops[i].cpu(), seconds, prior.num_evals) for i, it in enumerate(batch)]
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
     import torch
 
     from .io import list_images, load_image, write_json
     from .operators import load_mask
-    from .operators.stacked import StackedOperator
     from .presets import load_presets, preset_for
     from .prior import load_prior
-    from .solvers.base import Problem
 
     t_start = time.perf_counter()
     out_dir = _check_output_dir(args.output)
@@ -420,20 +495,11 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     _unique_stems(files)
     _solver_from_args(args)  # validate the settings before any work
     sigma_y = 2.0 * args.sigma_y  # 0..1 pixel units -> [-1, 1] units, converted once here
-    device = _device(args.device)
+    rank, world, device = _distributed(_device(args.device))
 
-    # refuse before any work if outputs exist (nothing is overwritten without --overwrite)
-    if not args.overwrite:
-        taken = [f.stem for f in files if (out_dir / f.stem).exists() and any((out_dir / f.stem).iterdir())]
-        if taken:
-            more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
-            raise ReddiffError(
-                f"outputs exist in {out_dir} for {', '.join(taken[:3])}{more}; pass --overwrite or another --output"
-            )
-
-    # load and check every input first, so a bad file fails before any output is written
+    # load and check every input first, so a bad file fails (on every rank alike) before any output is written
     items: list[dict[str, Any]] = []
-    for f in files:
+    for index, f in enumerate(files):
         notices: list[str] = []
         if simulate:
             x = load_image(f, channels=3, notices=notices)
@@ -444,10 +510,13 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             x_shape = _measurement_to_x_shape(args.task, tuple(y_img.shape[1:]))
             x = None
         for n in notices:
-            _say(f"reddiff: note: {n}")
+            if index % world == rank:
+                _say(f"reddiff: note: {n}")
         mask = load_mask(args.mask, x_shape) if args.mask else None
         op_seed = derive_seed(args.seed, f.stem, "operator")
         op, gen = _operator_for(args.task, x_shape, op_seed, mask)
+        if index % world != rank:
+            continue  # another rank's image
         if simulate:
             clean = op.A(x)
             y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
@@ -459,59 +528,79 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         )
 
     t_load = time.perf_counter()
-    prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress)
+    prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress and rank == 0)
     prior.eval()
     prior_seconds = time.perf_counter() - t_load
-    preset = preset_for(load_presets(prior.info.get("path")), items[0]["op"].task, sigma_y)
+    task = _operator_for(args.task, (3, 64, 64), 0)[0].task if not items else items[0]["op"].task
+    preset = preset_for(load_presets(prior.info.get("path")), task, sigma_y)
     solver = _solver_from_args(args, preset)
+
+    # resume: an image whose run.json records the same settings is done; other settings need --overwrite
+    results: list[dict[str, Any]] = []
+    todo, clashes = [], []
+    for it in items:
+        it["settings"] = {
+            "input_sha256": _file_sha256(it["file"]), "kind": "clean" if simulate else "measurement",
+            "mask_sha256": _file_sha256(Path(args.mask)) if args.mask else None, "task": it["op"].task,
+            "sigma_y": args.sigma_y, "seed": args.seed, "solver": solver.to_dict(),
+            "prior_sha256": prior.info.get("sha256"),
+        }
+        it["fingerprint"] = _fingerprint(it["settings"])
+        done = out_dir / it["file"].stem / RUN_JSON
+        if done.is_file() and not args.overwrite:
+            try:
+                old = json.loads(done.read_text())
+            except (OSError, ValueError):
+                old = {}
+            if old.get("settings_sha256") == it["fingerprint"]:
+                results.append({**old.get("record", {}), "skipped": True})
+                continue
+            clashes.append(it["file"].stem)
+        todo.append(it)
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise ReddiffError(f"outputs in {out_dir} for {', '.join(clashes[:3])}{more} were made with other settings; "
+                           "pass --overwrite to replace them or choose another --output")
+    if results and not args.json:
+        _say(f"reddiff: {len(results)} image(s) already done with these settings: skipped")
 
     # batches of images whose x and y shapes agree
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for it in items:
+    for it in todo:
         groups.setdefault((tuple(it["op"].x_shape), tuple(it["y"].shape)), []).append(it)
     batches = [g[i : i + args.batch_size] for g in groups.values() for i in range(0, len(g), args.batch_size)]
 
-    results: list[dict[str, Any]] = []
-    img_bar = _progress(len(items), "images", args.no_progress or len(items) == 1, position=1)
+    notes: list[str] = []
+    img_bar = _progress(len(todo), "images", args.no_progress or len(todo) <= 1, position=1)
     for batch in batches:
-        ops = [it["op"].to(device) for it in batch]
-        op = ops[0] if len(ops) == 1 else StackedOperator(ops)
-        y = torch.cat([it["y"] for it in batch]).to(device)
-        gens = [torch.Generator(device="cuda" if device.type == "cuda" else "cpu").manual_seed(it["solver_seed"])
-                for it in batch]
-        step_bar = _progress(solver.steps, SOLVER_LABELS.get(solver.name, solver.name), args.no_progress)
-
-        def on_step(info, bar=step_bar):
-            bar.update(1)
-            if (info.step % 10 == 0 or info.step == info.num_steps - 1) and "loss" in info.losses:
-                bar.set_postfix(loss=f"{info.losses['loss']:.4g}", t=info.t)
-
-        t0 = time.perf_counter()
-        prior.num_evals = 0
-        mu = solver(prior, Problem(y, op, sigma_y), generator=gens, callback=on_step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = (time.perf_counter() - t0) / len(batch)
-        step_bar.close()
-        evals = prior.num_evals
-        mu = mu.cpu()
-        for i, it in enumerate(batch):
-            results.append(
-                _write_outputs(it, mu[i : i + 1], ops[i].cpu(), out_dir, args, solver, prior, seconds, evals,
-                               sigma_y, preset)
-            )
+        for it, mu, op, seconds, evals in _run_batch(solver, prior, batch, device, sigma_y, args, notes):
+            results.append(_write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sigma_y,
+                                          preset))
             img_bar.update(1)
     img_bar.close()
 
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, results)
+        results = sorted((r for part in gathered for r in part), key=lambda r: r["name"])
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     total = time.perf_counter() - t_start
     summary: dict[str, Any] = {
-        "task": items[0]["op"].task,
+        "task": task,
         "solver": solver.to_dict(),
         "prior": {k: prior.info.get(k) for k in ("name", "path", "sha256")},
         "images": results,
         "outputs": [r["outputs"]["estimate"] for r in results],
         "seconds": round(total, 3),
         "prior_load_seconds": round(prior_seconds, 3),
+        "processes": world,
+        "skipped": sum(1 for r in results if r.get("skipped")),
+        "notes": notes,
     }
     for key in ("psnr", "ssim"):
         vals = [r[key] for r in results if r.get(key) is not None]
@@ -590,9 +679,13 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sig
         "network_evals": evals,
         "metrics": {k: record.get(k) for k in ("psnr", "ssim", "psnr_pinv") if k in record},
         "outputs": outputs,
+        "settings": it["settings"],
+        "settings_sha256": it["fingerprint"],
     }
-    outputs["run"] = str(write_json(run, d / RUN_JSON))  # last: its presence marks a finished image
+    outputs["run"] = str(d / RUN_JSON)
     record["outputs"] = outputs
+    run["record"] = record
+    write_json(run, d / RUN_JSON)  # last: its presence marks a finished image
     return record
 
 
@@ -978,11 +1071,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     handlers = {"solve": _cmd_solve, "degrade": _cmd_degrade, "list": _cmd_list, "eval": _cmd_eval,
                 "train": _cmd_train, "demo": _cmd_demo, "compare": _cmd_compare}
+    previous = _stop_on_sigterm()
     try:
         return handlers[args.command](args)
     except ReddiffError as exc:
         print(f"reddiff: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("reddiff: interrupted", file=sys.stderr)
+        print("reddiff: interrupted; finished images are complete, rerun the same command to resume",
+              file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: unwind (temporary files are removed) and exit."""
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into an exception so an interrupted run unwinds cleanly (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
