@@ -76,6 +76,14 @@ def _add_prior_args(p: argparse.ArgumentParser) -> None:
         "the JSON beside a .safetensors file, or inferred from the checkpoint)",
     )
     g.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    _add_speed_args(g)
+
+
+def _add_speed_args(g: Any) -> None:
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="network precision (autocast; the solver's variables stay fp32) (default: %(default)s)")
+    g.add_argument("--channels-last", action="store_true", help="run the network in channels-last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (pays off over many steps)")
 
 
 #: Display names of the solvers.
@@ -228,6 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     cmp_.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cmp_.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    bench = sub.add_parser(
+        "bench",
+        help="time one solver step against a bare network forward; memory; images per second",
+        description="Measure side by side, in one run: a bare network forward under no_grad and one step of "
+        "RED-diff, DPS, ΠGDM and DDRM (median over --repeats steps after --warmup), their ratio to the forward, "
+        "peak memory (CUDA: max allocated; CPU: peak RSS growth) and images per second, per batch size. Prints a "
+        "table; --output writes JSON.",
+    )
+    bench.add_argument("--network", default="bundled", help="bundled, imagenet256-uncond or ffhq256 (those "
+                       "architectures with random weights), or a checkpoint path (default: %(default)s)")
+    bench.add_argument("--size", type=_pos_int, default=256, help="image side in pixels (default: %(default)s)")
+    bench.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
+    bench.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    _add_speed_args(bench)
+    bench.add_argument("--solvers", default="reddiff,dps,pigdm,ddrm", help="solver steps to time (default: "
+                       "%(default)s)")
+    bench.add_argument("--task", default="sr:4", help="measurement operator (default: %(default)s)")
+    bench.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed steps first (default: %(default)s)")
+    bench.add_argument("--repeats", type=_pos_int, default=5, help="timed steps (default: %(default)s)")
+    bench.add_argument("--output", metavar="JSON", default=None, help="write the report as JSON")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     demo = sub.add_parser(
         "demo",
@@ -529,7 +559,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
     t_load = time.perf_counter()
     prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress and rank == 0)
-    prior.eval()
+    prior.eval().configure(args.precision, args.channels_last, args.compile)
     prior_seconds = time.perf_counter() - t_load
     task = _operator_for(args.task, (3, 64, 64), 0)[0].task if not items else items[0]["op"].task
     preset = preset_for(load_presets(prior.info.get("path")), task, sigma_y)
@@ -543,7 +573,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             "input_sha256": _file_sha256(it["file"]), "kind": "clean" if simulate else "measurement",
             "mask_sha256": _file_sha256(Path(args.mask)) if args.mask else None, "task": it["op"].task,
             "sigma_y": args.sigma_y, "seed": args.seed, "solver": solver.to_dict(),
-            "prior_sha256": prior.info.get("sha256"),
+            "prior_sha256": prior.info.get("sha256"), "runtime": prior.runtime,
         }
         it["fingerprint"] = _fingerprint(it["settings"])
         done = out_dir / it["file"].stem / RUN_JSON
@@ -675,6 +705,7 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sig
         "preset": preset or None,
         "seeds": {"base": args.seed, "operator": it["op_seed"], "solver": it["solver_seed"]},
         "device": str(args.device),
+        "runtime": prior.runtime,
         "timings": {"solve_seconds": round(seconds, 4)},
         "network_evals": evals,
         "metrics": {k: record.get(k) for k in ("psnr", "ssim", "psnr_pinv") if k in record},
@@ -930,6 +961,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
         prepared.append((f, x, y, op))
     prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress).eval()
+    prior.configure(args.precision, args.channels_last, args.compile)
     presets = load_presets(prior.info.get("path"))
     report: dict[str, Any] = {"task": prepared[0][3].task, "sigma_y": args.sigma_y, "prior": prior.info.get("name"),
                               "images": []}
@@ -985,6 +1017,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             ssim_text = f"{r['ssim']:.4f}" if r["ssim"] is not None else "-"
             print(f"  {r['solver']:<9} {r['psnr']:>8.2f} {ssim_text:>7} {r['seconds']:>8.2f} "
                   f"{r['network_evals']:>6} {r['peak_memory_mb']:>8.1f}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------------------------------
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, format_table, run_bench
+    from .io import write_json
+    from .solvers import SOLVERS
+
+    try:
+        batches = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise ReddiffError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    if any(b < 1 for b in batches):
+        raise ReddiffError("--batch-sizes must be >= 1")
+    solvers = tuple(n.strip() for n in args.solvers.split(",") if n.strip())
+    unknown = [n for n in solvers if n not in SOLVERS]
+    if unknown:
+        raise ReddiffError(f"unknown solver(s) {', '.join(unknown)}; accepted: {', '.join(SOLVERS)}")
+    cfg = BenchConfig(network=args.network, size=args.size, batch_sizes=batches, device=str(_device(args.device)),
+                      precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                      solvers=solvers, task=args.task, warmup=args.warmup, repeats=args.repeats)
+    report = run_bench(cfg)
+    if args.output:
+        write_json(report, args.output)
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
@@ -1070,7 +1130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"solve": _cmd_solve, "degrade": _cmd_degrade, "list": _cmd_list, "eval": _cmd_eval,
-                "train": _cmd_train, "demo": _cmd_demo, "compare": _cmd_compare}
+                "train": _cmd_train, "demo": _cmd_demo, "compare": _cmd_compare,
+                "bench": _cmd_bench}
     previous = _stop_on_sigterm()
     try:
         return handlers[args.command](args)

@@ -14,6 +14,18 @@ __all__ = ["PeakMemory", "rss_bytes"]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _release_free_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``) so RSS growth measures this block's peak."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_bytes() -> int:
     """Resident set size of this process in bytes (Linux ``/proc``; 0 where unavailable)."""
     try:
@@ -27,8 +39,9 @@ class PeakMemory:
     """Context manager measuring the peak memory a block adds.
 
     On CUDA devices: ``torch.cuda.max_memory_allocated`` above the allocation at entry. On the CPU: the peak
-    resident set size above the RSS at entry, sampled by a background thread every ``interval`` seconds (so very
-    short spikes can be missed).
+    resident set size above the RSS at entry (freed heap memory is first returned to the OS, so earlier blocks do not
+    hide this one's allocations), sampled by a background thread every ``interval`` seconds (so very short spikes
+    can be missed).
 
     Attributes:
         peak_bytes: the measured peak growth, set on exit.
@@ -54,6 +67,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_memory()
             self._base = self._max = rss_bytes()
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()

@@ -1,0 +1,173 @@
+"""Speed and memory of one solver step against a bare network forward (``reddiff bench``).
+
+Everything is measured side by side in one run on the same network, image size, batch, device and precision:
+a bare forward under ``no_grad``, and one step of RED-diff, DPS, ΠGDM and DDRM (timed between consecutive step
+callbacks of a real solver run, after warm-up steps). Reported: the median seconds per step, its ratio to the bare
+forward, peak memory (CUDA: max allocated above the baseline; CPU: peak resident-set growth) and images per second.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ReddiffError
+from .profiling import PeakMemory
+
+__all__ = ["BENCH_NETWORKS", "BenchConfig", "build_bench_prior", "run_bench", "format_table"]
+
+#: networks with random weights by name: the public checkpoints' architectures (no download needed).
+BENCH_NETWORKS = ("bundled", "imagenet256-uncond", "ffhq256")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure.
+
+    Args:
+        network: ``bundled`` (the shipped prior), ``imagenet256-uncond`` / ``ffhq256`` (those architectures with
+            random weights), or a checkpoint path.
+        size: image side in pixels.
+        batch_sizes: batch sizes to measure.
+        device: torch device.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (network autocast).
+        channels_last: channels-last network.
+        compile: ``torch.compile`` the network.
+        solvers: which solver steps to time beside the bare forward.
+        task: the measurement operator (SVD-structured so that DDRM can run).
+        warmup: untimed steps first.
+        repeats: timed steps.
+    """
+
+    network: str = "bundled"
+    size: int = 256
+    batch_sizes: tuple[int, ...] = (1, 8)
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    solvers: tuple[str, ...] = ("reddiff", "dps", "pigdm", "ddrm")
+    task: str = "sr:4"
+    warmup: int = 2
+    repeats: int = 5
+
+
+def build_bench_prior(network: str, device: torch.device) -> Any:
+    """The prior to benchmark: a named architecture with random weights, the bundled prior, or a checkpoint."""
+    from .networks.adm import create_model
+    from .networks.checkpoints import NAMED_PRIORS
+    from .prior import DiffusionPrior, load_prior
+
+    if network in NAMED_PRIORS:
+        cfg = dict(NAMED_PRIORS[network].config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = create_model(**cfg)
+        net.eval().requires_grad_(False)
+        return DiffusionPrior(net.to(device), learned_sigma=net.learn_sigma,
+                              info={"name": f"{network} (random weights)", "config": cfg})
+    return load_prior(network, device=device, progress=False).eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_forward(prior: Any, x: torch.Tensor, cfg: BenchConfig, device: torch.device) -> tuple[list[float], int]:
+    times = []
+    with PeakMemory(device) as mem, torch.no_grad():
+        for i in range(cfg.warmup + cfg.repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            prior.eps(x, 500)
+            _sync(device)
+            if i >= cfg.warmup:
+                times.append(time.perf_counter() - t0)
+    return times, mem.peak_bytes
+
+
+def _time_solver(name: str, prior: Any, problem: Any, cfg: BenchConfig, device: torch.device):
+    from .solvers import SOLVERS
+
+    steps = cfg.warmup + cfg.repeats
+    solver = SOLVERS[name](steps=steps)
+    stamps: list[float] = []
+
+    def on_step(_info: Any) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+
+    gens = [torch.Generator(device="cuda" if device.type == "cuda" else "cpu").manual_seed(i)
+            for i in range(problem.batch_size)]
+    with PeakMemory(device) as mem:
+        _sync(device)
+        start = time.perf_counter()
+        solver(prior, problem, generator=gens, callback=on_step)
+    intervals = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
+    return intervals[cfg.warmup :], mem.peak_bytes
+
+
+def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
+    """Measure and return a JSON-serialisable report (rows per batch size and method)."""
+    from .operators import make_operator
+    from .solvers.base import Problem
+
+    if cfg.repeats < 1 or cfg.warmup < 0 or cfg.size < 8 or not cfg.batch_sizes:
+        raise ReddiffError("bench needs repeats >= 1, warmup >= 0, size >= 8 and at least one batch size")
+    device = torch.device(cfg.device)
+    prior = build_bench_prior(cfg.network, device)
+    prior.configure(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
+    channels = getattr(prior.network, "in_channels", 3)
+    rows = []
+    for batch in cfg.batch_sizes:
+        gen = torch.Generator().manual_seed(0)
+        x = (torch.rand(batch, channels, cfg.size, cfg.size, generator=gen) * 2 - 1).to(device)
+        op = make_operator(cfg.task, (channels, cfg.size, cfg.size), generator=torch.Generator().manual_seed(0))
+        op = op.to(device)
+        y = op.A(x)
+        problem = Problem(y, op, 0.01)
+        fwd, fwd_mem = _time_forward(prior, x, cfg, device)
+        base = statistics.median(fwd)
+        rows.append({"batch": batch, "method": "forward", "seconds": base, "ratio": 1.0,
+                     "peak_mb": fwd_mem / 2**20, "images_per_s": batch / base})
+        for name in cfg.solvers:
+            times, mem = _time_solver(name, prior, problem, cfg, device)
+            med = statistics.median(times)
+            rows.append({"batch": batch, "method": name, "seconds": med, "ratio": med / base,
+                         "peak_mb": mem / 2**20, "memory_ratio": (mem / fwd_mem) if fwd_mem else None,
+                         "images_per_s": batch / med})
+    for r in rows:
+        if r["method"] == "reddiff":
+            dps = next((q for q in rows if q["batch"] == r["batch"] and q["method"] == "dps"), None)
+            r["vs_dps"] = r["seconds"] / dps["seconds"] if dps else None
+    return {
+        "config": {**cfg.__dict__, "batch_sizes": list(cfg.batch_sizes), "solvers": list(cfg.solvers)},
+        "network": prior.info.get("name"),
+        "parameters": sum(p.numel() for p in prior.network.parameters()),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a fixed-width table."""
+    c = report["config"]
+    lines = [f"network {report['network']} ({report['parameters'] / 1e6:.1f}M params), {c['size']}x{c['size']}, "
+             f"{report['device_name']}, {c['precision']}{', channels-last' if c['channels_last'] else ''}"
+             f"{', compiled' if c['compile'] else ''}, torch {report['torch']}, {report['threads']} threads",
+             f"{'batch':>5} {'method':<8} {'s/step':>9} {'x fwd':>6} {'peak MB':>9} {'x fwd mem':>9} "
+             f"{'img/s':>8} {'vs DPS':>7}"]
+    for r in report["rows"]:
+        mem_ratio = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") is not None else "-"
+        vs = f"{r['vs_dps']:.2f}" if r.get("vs_dps") is not None else "-"
+        lines.append(f"{r['batch']:>5} {r['method']:<8} {r['seconds']:>9.4f} {r['ratio']:>6.2f} "
+                     f"{r['peak_mb']:>9.1f} {mem_ratio:>9} {r['images_per_s']:>8.2f} {vs:>7}")
+    return "\n".join(lines)
