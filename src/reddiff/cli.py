@@ -425,6 +425,28 @@ def _operator_for(task: str, x_shape: tuple[int, int, int], seed: int, mask: Any
     return op, gen
 
 
+def _simulate_file(f: Path, args: argparse.Namespace, sigma_y: float, say: bool = True):
+    """Load a clean image and simulate its measurement with the image's own operator seed.
+
+    Returns:
+        ``(file, x, operator, y, operator_seed)``.
+    """
+    import torch
+
+    from .io import load_image
+
+    notices: list[str] = []
+    x = load_image(f, channels=3, notices=notices)
+    for n in notices:
+        if say:
+            _say(f"reddiff: note: {n}")
+    op_seed = derive_seed(args.seed, f.stem, "operator")
+    op, gen = _operator_for(args.task, tuple(x.shape[1:]), op_seed)
+    clean = op.A(x)
+    y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+    return f, x, op, y, op_seed
+
+
 def _measurement_to_x_shape(task: str, y_img_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     from .operators import x_shape_from_measurement
 
@@ -743,7 +765,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .io import list_images, load_image, save_image, write_json
+    from .io import list_images, save_image, write_json
 
     out_dir = _check_output_dir(args.output)
     files = list_images(args.input)
@@ -753,17 +775,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
         if taken:
             raise ReddiffError(f"outputs exist in {out_dir} for {', '.join(taken[:3])}; pass --overwrite")
     sigma_y = 2.0 * args.sigma_y
-    prepared = []
-    for f in files:
-        notices: list[str] = []
-        x = load_image(f, channels=3, notices=notices)
-        for n in notices:
-            _say(f"reddiff: note: {n}")
-        op_seed = derive_seed(args.seed, f.stem, "operator")
-        op, gen = _operator_for(args.task, tuple(x.shape[1:]), op_seed)
-        clean = op.A(x)
-        y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
-        prepared.append((f, op, y, op_seed))
+    prepared = [(f, op, y, op_seed) for f, _, op, y, op_seed in (_simulate_file(f, args, sigma_y) for f in files)]
     written = []
     for f, op, y, op_seed in prepared:
         outs = {"measurement": str(save_image(op.y_to_image(y).clamp(-1, 1), out_dir / f"{f.stem}.png"))}
@@ -926,7 +938,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import torch
 
     from .errors import SolverError
-    from .io import list_images, load_image, make_grid, save_image, to_unit, write_json
+    from .io import list_images, make_grid, save_image, to_unit, write_json
     from .metrics import psnr, ssim
     from .presets import load_presets, preset_for
     from .prior import load_prior
@@ -949,17 +961,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ReddiffError(f"outputs exist in {out_dir} for {', '.join(taken[:3])}; pass --overwrite")
     sigma_y = 2.0 * args.sigma_y
     device = _device(args.device)
-    prepared = []
-    for f in files:
-        notices: list[str] = []
-        x = load_image(f, channels=3, notices=notices)
-        for n in notices:
-            _say(f"reddiff: note: {n}")
-        op_seed = derive_seed(args.seed, f.stem, "operator")
-        op, gen = _operator_for(args.task, tuple(x.shape[1:]), op_seed)
-        clean = op.A(x)
-        y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
-        prepared.append((f, x, y, op))
+    prepared = [(f, x, y, op) for f, x, op, y, _ in (_simulate_file(f, args, sigma_y) for f in files)]
     prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress).eval()
     prior.configure(args.precision, args.channels_last, args.compile)
     presets = load_presets(prior.info.get("path"))
