@@ -76,32 +76,37 @@ Callback = Callable[[StepInfo], None]
 
 
 def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample so that a sample's noise stream does not depend on its batch.
+    """The noise streams of a batch.
 
     Args:
-        generator: ``None`` (fresh, nondeterministic seeds), one generator (``batch`` sub-seeds are drawn from it:
-            deterministic, but a sample's stream then depends on its position), or a sequence of ``batch``
-            generators (fully batch-independent; what the CLI uses, one per image).
+        generator: ``None`` (a fresh, nondeterministic stream), one generator (the whole batch's noise is drawn from
+            it at once: deterministic and fast, but a sample's draws depend on its position in the batch), or a
+            sequence of ``batch`` generators, one per sample (a sample's result then does not depend on the batch
+            it ran in; what the CLI uses, one per image).
         batch: batch size.
         device: device of the tensors to be drawn (generators on other devices are used and their draws moved).
+
+    Returns:
+        A list of one generator (shared by the batch) or of ``batch`` generators (one per sample).
     """
     if generator is None:
-        seeds = [int(torch.randint(0, 2**62, (1,)).item()) for _ in range(batch)]
-    elif isinstance(generator, torch.Generator):
-        if batch == 1:
-            return [generator]
-        seeds = [int(s) for s in torch.randint(0, 2**62, (batch,), generator=generator)]
-    else:
-        gens = list(generator)
-        if len(gens) != batch:
-            raise SolverError(f"got {len(gens)} generators for a batch of {batch}; pass one per sample")
-        return gens
-    gen_device = device if device.type == "cuda" else torch.device("cpu")
-    return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
+        gen_device = device if device.type == "cuda" else torch.device("cpu")
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        return [torch.Generator(device=gen_device).manual_seed(seed)]
+    if isinstance(generator, torch.Generator):
+        return [generator]
+    gens = list(generator)
+    if len(gens) != batch:
+        raise SolverError(f"got {len(gens)} generators for a batch of {batch}; pass one per sample")
+    return gens
 
 
 def randn_like_per_sample(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``; sample ``i`` is drawn from ``generators[i]``."""
+    """Standard normal noise shaped like ``like``: from the one shared generator, or sample ``i`` from
+    ``generators[i]``."""
+    if len(generators) == 1:
+        g = generators[0]
+        return torch.randn(like.shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
     draws = [
         torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype).to(like.device)
         for g in generators
