@@ -282,3 +282,34 @@ def test_demo_small(capsys, tmp_path, small_image, prior_args):
     assert all(5 < r["psnr"] < 60 for r in rep["results"])
     grid = Image.open(tmp_path / "demo/demo_grid.png")
     assert grid.size[1] > 2 * 32  # one row per task
+
+
+@pytest.mark.parametrize("task", ["hdr", "jpeg:20", "phase-retrieval", "quantize:4", "cs:0.5",
+                                  "sr:2+inpaint-random:0.5"])
+@pytest.mark.parametrize("solver", ["reddiff", "dps"])
+def test_nonlinear_tasks_through_the_cli(capsys, tmp_path, small_image, prior_args, task, solver):
+    code, out, err = run(capsys, "solve", "--task", task, "--input", small_image, "--output", tmp_path / "o",
+                         "--solver", solver, "--steps", "2", "--json", *prior_args)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["psnr"] is not None and np.isfinite(res["psnr"])
+    assert json.loads((tmp_path / "o/coffee/run.json").read_text())["task"]["task"].split(":")[0] == task.split(":")[0]
+
+
+def test_poisson_noise_and_user_operator(capsys, tmp_path, small_image, prior_args):
+    code, out, err = run(capsys, "solve", "--task", "denoise", "--noise", "poisson:50", "--input", small_image,
+                         "--output", tmp_path / "p", "--steps", "2", "--json", *prior_args)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "p/coffee/run.json").read_text())
+    assert rec["noise"]["noise"].startswith("poisson") and rec["noise"]["peak"] == 50
+    code, _, err = run(capsys, "solve", "--task", "denoise", "--noise", "poisson:50", "--sigma-y", "0.1",
+                       "--input", small_image, "--output", tmp_path / "q", *prior_args)
+    _one_line_error(code, err, "poisson")
+    op_file = tmp_path / "myop.py"
+    op_file.write_text("import torch\n\ndef half(shape):\n    return lambda x: 0.5 * x[..., ::2, ::2]\n")
+    code, out, err = run(capsys, "solve", "--task", f"{op_file}:half", "--input", small_image, "--output",
+                         tmp_path / "u", "--steps", "2", "--init", "zeros", "--json", *prior_args)
+    assert code == 0, err
+    code, _, err = run(capsys, "solve", "--task", f"{op_file}:missing", "--input", small_image, "--output",
+                       tmp_path / "v", *prior_args)
+    _one_line_error(code, err, "missing")

@@ -142,8 +142,9 @@ def _add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None
 
 def _add_measure_args(p: argparse.ArgumentParser, *, solve: bool) -> None:
     g = p.add_argument_group("measurement")
-    g.add_argument("--task", required=True, help="forward model, e.g. sr:4, inpaint-random:0.8, deblur-gauss "
-                   "(see `reddiff list tasks`)")
+    g.add_argument("--task", required=True, help="forward model, e.g. sr:4, inpaint-random:0.8, deblur-gauss, "
+                   "jpeg:20, phase-retrieval; TASK+TASK composes (sr:4+inpaint-random:0.5); path/to/file.py:function "
+                   "or module:function loads your own operator (see `reddiff list tasks`)")
     g.add_argument(
         "--sigma-y",
         type=_nonneg_float,
@@ -151,6 +152,9 @@ def _add_measure_args(p: argparse.ArgumentParser, *, solve: bool) -> None:
         help="measurement noise standard deviation in 0..1 pixel units, as papers report it (0.025 here is 0.05 "
         "in the [-1, 1] units used inside) (default: %(default)s)",
     )
+    g.add_argument("--noise", default="gaussian", metavar="MODEL",
+                   help="measurement noise: gaussian (level --sigma-y) or poisson:PEAK (photon count of a white "
+                   "pixel; leave --sigma-y at 0) (default: %(default)s)")
     g.add_argument(
         "--seed",
         type=_nonneg_int,
@@ -413,19 +417,26 @@ def _solver_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = 
 def _operator_for(task: str, x_shape: tuple[int, int, int], seed: int, mask: Any = None):
     import torch
 
-    from .operators import make_operator, parse_task
+    from .operators import make_operator
 
     gen = torch.Generator().manual_seed(seed)
     if mask is not None:
         # a mask file defines the operator: any inpainting task becomes inpaint-mask with that mask
-        if not parse_task(task)[0].startswith("inpaint"):
+        if not task.split(":", 1)[0].strip().lower().startswith("inpaint") or "+" in task:
             raise ReddiffError(f"--mask is for inpainting tasks, not {task!r}")
         task = "inpaint-mask"
     op = make_operator(task, x_shape, generator=gen, mask=mask)
     return op, gen
 
 
-def _simulate_file(f: Path, args: argparse.Namespace, sigma_y: float, say: bool = True):
+def parse_noise(spec: str, sigma_y: float):
+    """The noise model of ``--noise`` (see :func:`reddiff.noise.parse_noise`)."""
+    from .noise import parse_noise as _parse
+
+    return _parse(spec, sigma_y)
+
+
+def _simulate_file(f: Path, args: argparse.Namespace, noise: Any, say: bool = True):
     """Load a clean image and simulate its measurement with the image's own operator seed.
 
     Returns:
@@ -442,8 +453,8 @@ def _simulate_file(f: Path, args: argparse.Namespace, sigma_y: float, say: bool 
             _say(f"reddiff: note: {n}")
     op_seed = derive_seed(args.seed, f.stem, "operator")
     op, gen = _operator_for(args.task, tuple(x.shape[1:]), op_seed)
-    clean = op.A(x)
-    y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+    with torch.no_grad():
+        y = noise.sample(op.A(x), gen)
     return f, x, op, y, op_seed
 
 
@@ -482,7 +493,7 @@ def _fingerprint(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _run_batch(solver, prior, batch, device, sigma_y, args, notes: list[str]):
+def _run_batch(solver, prior, batch, device, noise, args, notes: list[str]):
     """Solve one batch; on running out of memory, split it in halves (said in the output) or fail clearly."""
     import torch
 
@@ -504,7 +515,7 @@ def _run_batch(solver, prior, batch, device, sigma_y, args, notes: list[str]):
     t0 = time.perf_counter()
     prior.num_evals = 0
     try:
-        mu = solver(prior, Problem(y, op, sigma_y), generator=gens, callback=on_step)
+        mu = solver(prior, Problem(y, op, noise.sigma_y, noise=noise), generator=gens, callback=on_step)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         step_bar.close()
         oom = isinstance(exc, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(exc)
@@ -520,8 +531,8 @@ def _run_batch(solver, prior, batch, device, sigma_y, args, notes: list[str]):
         notes.append(f"a batch of {len(batch)} did not fit in memory on {device}: split into {half} + "
                      f"{len(batch) - half} (use --batch-size {half} to avoid the retry)")
         _say(f"reddiff: note: {notes[-1]}")
-        return (_run_batch(solver, prior, batch[:half], device, sigma_y, args, notes)
-                + _run_batch(solver, prior, batch[half:], device, sigma_y, args, notes))
+        return (_run_batch(solver, prior, batch[:half], device, noise, args, notes)
+                + _run_batch(solver, prior, batch[half:], device, noise, args, notes))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - t0) / len(batch)
@@ -531,7 +542,6 @@ def _run_batch(solver, prior, batch, device, sigma_y, args, notes: list[str]):
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    import torch
 
     from .io import list_images, load_image, write_json
     from .operators import load_mask
@@ -546,7 +556,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     files = list_images(args.input if simulate else args.measurement)
     _unique_stems(files)
     _solver_from_args(args)  # validate the settings before any work
-    sigma_y = 2.0 * args.sigma_y  # 0..1 pixel units -> [-1, 1] units, converted once here
+    noise = parse_noise(args.noise, 2.0 * args.sigma_y)  # 0..1 pixel units -> [-1, 1] units, converted once here
+    sigma_y = noise.sigma_y
     rank, world, device = _distributed(_device(args.device))
 
     # load and check every input first, so a bad file fails (on every rank alike) before any output is written
@@ -571,7 +582,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             continue  # another rank's image
         if simulate:
             clean = op.A(x)
-            y = clean + sigma_y * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+            y = noise.sample(clean, gen)
         else:
             y = op.image_to_y(_match_channels(y_img, op))
         items.append(
@@ -594,7 +605,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         it["settings"] = {
             "input_sha256": _file_sha256(it["file"]), "kind": "clean" if simulate else "measurement",
             "mask_sha256": _file_sha256(Path(args.mask)) if args.mask else None, "task": it["op"].task,
-            "sigma_y": args.sigma_y, "seed": args.seed, "solver": solver.to_dict(),
+            "sigma_y": args.sigma_y, "noise": noise.params(), "seed": args.seed, "solver": solver.to_dict(),
             "prior_sha256": prior.info.get("sha256"), "runtime": prior.runtime,
         }
         it["fingerprint"] = _fingerprint(it["settings"])
@@ -625,9 +636,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     notes: list[str] = []
     img_bar = _progress(len(todo), "images", args.no_progress or len(todo) <= 1, position=1)
     for batch in batches:
-        for it, mu, op, seconds, evals in _run_batch(solver, prior, batch, device, sigma_y, args, notes):
-            results.append(_write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sigma_y,
-                                          preset))
+        for it, mu, op, seconds, evals in _run_batch(solver, prior, batch, device, noise, args, notes):
+            results.append(_write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, noise, preset))
             img_bar.update(1)
     img_bar.close()
 
@@ -679,7 +689,7 @@ def _match_channels(y_img, op):
     return y_img.expand(-1, want, -1, -1)
 
 
-def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sigma_y, preset) -> dict[str, Any]:
+def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, noise, preset) -> dict[str, Any]:
     """Write one image's estimate, measurement, grid and run.json (last); return its summary record."""
     import torch
 
@@ -722,7 +732,8 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, sig
         "prior": prior.info,
         "task": {"task": op.task, "params": op.params(), "x_shape": list(op.x_shape),
                  "y_shape": list(op.y_shape)},
-        "sigma_y": {"pixel_0_1": args.sigma_y, "internal_-1_1": sigma_y},
+        "sigma_y": {"pixel_0_1": args.sigma_y, "internal_-1_1": noise.sigma_y},
+        "noise": noise.params(),
         "solver": solver.to_dict(),
         "preset": preset or None,
         "seeds": {"base": args.seed, "operator": it["op_seed"], "solver": it["solver_seed"]},
@@ -775,7 +786,8 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
         if taken:
             raise ReddiffError(f"outputs exist in {out_dir} for {', '.join(taken[:3])}; pass --overwrite")
     sigma_y = 2.0 * args.sigma_y
-    prepared = [(f, op, y, op_seed) for f, _, op, y, op_seed in (_simulate_file(f, args, sigma_y) for f in files)]
+    noise = parse_noise(args.noise, sigma_y)
+    prepared = [(f, op, y, op_seed) for f, _, op, y, op_seed in (_simulate_file(f, args, noise) for f in files)]
     written = []
     for f, op, y, op_seed in prepared:
         outs = {"measurement": str(save_image(op.y_to_image(y).clamp(-1, 1), out_dir / f"{f.stem}.png"))}
@@ -786,11 +798,13 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
             "reddiff_version": __version__,
             "input": str(f),
             "task": {"task": op.task, "params": op.params()},
-            "sigma_y": {"pixel_0_1": args.sigma_y, "internal_-1_1": sigma_y},
+            "sigma_y": {"pixel_0_1": args.sigma_y, "internal_-1_1": noise.sigma_y},
+            "noise": noise.params(),
             "seeds": {"base": args.seed, "operator": op_seed},
             "outputs": outs,
             "solve_with": f"reddiff solve --measurement {outs['measurement']} --task {op.task} --seed {args.seed}"
-            + (f" --mask {outs['mask']}" if "mask" in outs else "") + f" --sigma-y {args.sigma_y}",
+            + (f" --mask {outs['mask']}" if "mask" in outs else "") + f" --sigma-y {args.sigma_y}"
+            + (f" --noise {args.noise}" if args.noise != "gaussian" else ""),
         }
         outs["record"] = str(write_json(record, out_dir / f"{f.stem}.json"))
         written.append(outs)
@@ -843,6 +857,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("tasks:")
         for k, v in data["tasks"].items():
             print(f"  {k:<28} {v}")
+        print(f"  {'TASK+TASK':<28} composite: the parts applied in order, e.g. sr:4+inpaint-random:0.5")
+        print(f"  {'file.py:function':<28} your own operator: function((C, H, W)) returns an Operator or a "
+              "differentiable callable (also module:function)")
     if "priors" in data:
         print(f"priors (cache: {cache_dir()}):")
         for k, v in data["priors"].items():
@@ -961,7 +978,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ReddiffError(f"outputs exist in {out_dir} for {', '.join(taken[:3])}; pass --overwrite")
     sigma_y = 2.0 * args.sigma_y
     device = _device(args.device)
-    prepared = [(f, x, y, op) for f, x, op, y, _ in (_simulate_file(f, args, sigma_y) for f in files)]
+    noise = parse_noise(args.noise, sigma_y)
+    sigma_y = noise.sigma_y
+    prepared = [(f, x, y, op) for f, x, op, y, _ in (_simulate_file(f, args, noise) for f in files)]
     prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress).eval()
     prior.configure(args.precision, args.channels_last, args.compile)
     presets = load_presets(prior.info.get("path"))
@@ -982,7 +1001,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             try:
                 with PeakMemory(device) as mem:
                     t0 = time.perf_counter()
-                    mu = solver(prior, Problem(y.to(device), op, sigma_y), generator=[gen],
+                    mu = solver(prior, Problem(y.to(device), op, sigma_y, noise=noise), generator=[gen],
                                 callback=lambda info, bar=bar: bar.update(1))
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)

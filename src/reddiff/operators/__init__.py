@@ -23,6 +23,8 @@ from reddiff.operators.blur import (
     uniform_kernel_1d,
 )
 from reddiff.operators.color import Colorization
+from reddiff.operators.composite import Composite, LinearComposite, compose
+from reddiff.operators.cs import CompressedSensing
 from reddiff.operators.denoise import Identity
 from reddiff.operators.inpainting import (
     Inpainting,
@@ -33,34 +35,51 @@ from reddiff.operators.inpainting import (
     load_mask,
     random_mask,
 )
-from reddiff.operators.registry import TASKS, make_operator, parse_task, x_shape_from_measurement
+from reddiff.operators.jpeg import JPEG
+from reddiff.operators.phase import PhaseRetrieval
+from reddiff.operators.pointwise import HDR, Quantize, round_ste
+from reddiff.operators.registry import TASKS, make_operator, parse_task, split_composite, x_shape_from_measurement
 from reddiff.operators.resampling import Bicubic, BlockAverage, bicubic_matrix
+from reddiff.operators.user import CallableOperator, LinearCallableOperator, load_user_operator
 
 __all__ = [
     "TASKS",
+    "HDR",
+    "JPEG",
     "Bicubic",
     "BlockAverage",
+    "CallableOperator",
     "Colorization",
+    "Composite",
+    "CompressedSensing",
     "Convolution2D",
     "Identity",
     "Inpainting",
+    "LinearCallableOperator",
+    "LinearComposite",
     "LinearOperator",
     "Operator",
+    "PhaseRetrieval",
+    "Quantize",
     "SVDOperator",
     "SeparableBlur",
     "SeparableOperator",
     "bicubic_matrix",
     "box_mask",
     "center_mask",
+    "compose",
     "conjugate_gradient",
     "freeform_mask",
     "gaussian_kernel_1d",
     "half_mask",
     "load_mask",
+    "load_user_operator",
     "make_operator",
     "motion_kernel",
     "parse_task",
     "random_mask",
+    "round_ste",
+    "split_composite",
     "toeplitz_same",
     "uniform_first_basis",
     "uniform_kernel_1d",

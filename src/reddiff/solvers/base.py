@@ -26,11 +26,14 @@ class Problem:
         operator: the forward model ``A`` (a :class:`reddiff.operators.Operator`).
         sigma_y: the noise standard deviation in the same [-1, 1] units as ``y`` (the CLI takes it in 0..1 pixel
             units and doubles it once).
+        noise: optional :class:`reddiff.noise.NoiseModel`; when set, solvers take their data term from it
+            (``None``: Gaussian with ``sigma_y``).
     """
 
     y: torch.Tensor
     operator: Any
     sigma_y: float = 0.0
+    noise: Any = None
 
     def __post_init__(self) -> None:
         sigma_y = float(self.sigma_y)

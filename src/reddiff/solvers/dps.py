@@ -83,7 +83,9 @@ class DPS:
                 # 1. Tweedie estimate, keeping the graph through the network
                 eps, x0 = prior.predict(x_in, t)
                 # 2. residual norm per sample, and its gradient w.r.t. x_t (not w.r.t. the network's weights)
-                norm = torch.linalg.vector_norm((y - op.A(x0)).flatten(1), dim=1)
+                ax = op.A(x0)
+                norm = (problem.noise.residual_norm(y, ax) if problem.noise is not None
+                        else torch.linalg.vector_norm((y - ax).flatten(1), dim=1))
                 (grad,) = torch.autograd.grad(norm.sum(), x_in)
             # 3. unconditional ancestral / DDIM step
             noise = randn_like_per_sample(x, gens) if ddim_sigma(a_t, a_prev, self.eta) > 0 else None

@@ -82,7 +82,8 @@ class RedDiff:
     sample and summed over the batch, so each sample's gradient (and, Adam being elementwise, its whole
     trajectory) is the one it would have alone. ``data_term="paper"`` uses the paper's sums with the likelihood
     scale: ``w_t * sum((eps_hat - eps) * mu) + obs_weight * ||y - A(mu)||^2 / (2 sigma_y^2)`` (needs
-    ``sigma_y > 0``).
+    ``sigma_y > 0``). With a noise model on the problem (``problem.noise``, e.g. Poisson), the data term is its
+    ``nll`` (mean form) or ``nll_sum`` (paper form) instead.
 
     Args:
         steps: number of optimisation steps N (timesteps evenly spaced over 0..T-1).
@@ -193,7 +194,8 @@ class RedDiff:
         Raises:
             SolverError: on bad settings, an operator without what ``init`` needs, or a NaN/Inf loss or estimate.
         """
-        if self.data_term == "paper" and problem.sigma_y <= 0:
+        noise = problem.noise
+        if self.data_term == "paper" and noise is None and problem.sigma_y <= 0:
             raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
         op, y = problem.operator, problem.y
         batch = problem.batch_size
@@ -232,14 +234,15 @@ class RedDiff:
             # 4. SNR-based weight
             w_t = self.weight(a_t)
             # 5. loss = w_t * <sg(eps_hat - eps), x0> + obs_weight * data fidelity
-            residual = y - op.A(x0)
+            ax = op.A(x0)
             score_term = (eps_hat - eps).detach() * x0
             if self.data_term == "mean":
                 reg = score_term.mean(dim=x_dims)
-                obs = 0.5 * residual.pow(2).mean(dim=reduce_dims)
+                obs = noise.nll(y, ax) if noise is not None else 0.5 * (y - ax).pow(2).mean(dim=reduce_dims)
             else:
                 reg = score_term.sum(dim=x_dims)
-                obs = residual.pow(2).sum(dim=reduce_dims) / (2.0 * problem.sigma_y**2)
+                obs = (noise.nll_sum(y, ax) if noise is not None
+                       else (y - ax).pow(2).sum(dim=reduce_dims) / (2.0 * problem.sigma_y**2))
             loss = (w_t * reg + self.obs_weight * obs).sum()
             check_finite("RED-diff", i, t, loss.detach(), "loss", hint)
             # 6. one optimizer step on mu

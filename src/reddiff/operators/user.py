@@ -1,0 +1,257 @@
+"""User-defined forward operators: ``--task path/to/file.py:function`` or ``--task package.module:function``.
+
+The function is called once as ``function(shape)`` with the image shape ``(C, H, W)`` (a tuple of ints) and must
+return either
+
+* a :class:`reddiff.operators.Operator` (used as it is; its ``x_shape`` must equal ``shape``), or
+* any differentiable callable mapping a batch ``[B, C, H, W]`` (torch tensor, pixels in [-1, 1]) to a batch of
+  measurements ``[B, ...]`` (for example a function or a ``torch.nn.Module``). It is wrapped in a
+  :class:`CallableOperator`; the measurement shape is found by a probe call on zeros.
+
+A callable with the attribute ``linear = True`` (or a returned :class:`~reddiff.operators.LinearOperator`) is linear:
+the wrapper gets its adjoint from autograd (``A^T y`` is the vector-Jacobian product of ``A`` with ``y``) and its
+pseudo-inverse by conjugate gradients on ``A A^T``, unless the callable provides its own ``A_adjoint`` /
+``A_dagger`` methods. An ``initial_estimate(y)`` method, if present, is used by RED-diff's default initialisation.
+
+Example ``my_ops.py``::
+
+    import torch
+
+    def make(shape):
+        c, h, w = shape
+
+        def forward(x):  # a 2x2 average pooling followed by a gamma curve
+            y = torch.nn.functional.avg_pool2d(x, 2)
+            return torch.sign(y) * y.abs() ** 0.8
+
+        return forward
+
+then ``reddiff solve --input img.png --task my_ops.py:make --output out`` (or ``make_operator("my_ops.py:make",
+(3, 256, 256))``). Every problem loading or probing the operator (missing file, syntax error, missing function, the
+function raising, a non-callable or non-differentiable result) is one :class:`~reddiff.errors.OperatorError` naming
+the file or module, the function and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from reddiff.errors import OperatorError
+from reddiff.operators.base import LinearOperator, Operator, conjugate_gradient
+
+__all__ = ["CallableOperator", "LinearCallableOperator", "load_user_operator", "split_user_spec", "is_user_spec"]
+
+
+def split_user_spec(spec: str) -> tuple[str, str]:
+    """Split ``SOURCE:FUNCTION`` at its last colon (so Windows drive letters stay in the source)."""
+    source, sep, func = spec.strip().rpartition(":")
+    if not sep or not source or not func:
+        raise OperatorError(f"user operator must be given as path/to/file.py:function or module:function, got {spec!r}")
+    return source, func
+
+
+def is_user_spec(spec: str, builtin_names: Sequence[str] = ()) -> bool:
+    """Whether ``spec`` names a user operator rather than a built-in ``NAME[:PARAM]`` task.
+
+    True for ``SOURCE:FUNCTION`` where ``SOURCE`` ends in ``.py``, or where ``SOURCE`` is a dotted module name that is
+    not a built-in task name and ``FUNCTION`` is a Python identifier.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        return False
+    source, _, func = spec.strip().rpartition(":")
+    if source.lower().endswith(".py"):
+        return True
+    head = spec.strip().partition(":")[0].strip().lower()
+    if head in builtin_names:
+        return False
+    return func.isidentifier() and all(part.isidentifier() for part in source.split("."))
+
+
+def _load_module(source: str, where: str) -> Any:
+    if source.lower().endswith(".py"):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise OperatorError(f"user operator {where}: file {str(path)!r} not found")
+        name = "reddiff_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise OperatorError(f"user operator {where}: cannot load {str(path)!r} as a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            sys.modules.pop(name, None)
+            raise OperatorError(f"user operator {where}: syntax error in {exc.filename} line {exc.lineno}: "
+                                f"{exc.msg}") from None
+        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one clear message
+            sys.modules.pop(name, None)
+            raise OperatorError(f"user operator {where}: importing {str(path)!r} raised "
+                                f"{type(exc).__name__}: {exc}") from None
+        return module
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as exc:
+        raise OperatorError(f"user operator {where}: module {source!r} cannot be imported ({exc}); give "
+                            "path/to/file.py:function or an importable module:function") from None
+    except SyntaxError as exc:
+        raise OperatorError(f"user operator {where}: syntax error in {exc.filename} line {exc.lineno}: "
+                            f"{exc.msg}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise OperatorError(f"user operator {where}: importing module {source!r} raised "
+                            f"{type(exc).__name__}: {exc}") from None
+
+
+def _probe(fn: Callable[[Tensor], Any], shape: tuple[int, int, int], where: str) -> tuple[int, ...]:
+    """Call ``fn`` on zeros (batches of 1 and 2) and check the output; return the measurement shape."""
+    shapes = []
+    for batch in (1, 2):
+        x = torch.zeros((batch, *shape), requires_grad=True)
+        try:
+            out = fn(x)
+        except Exception as exc:  # noqa: BLE001
+            raise OperatorError(f"user operator {where}: calling it on a [{batch}, {', '.join(map(str, shape))}] "
+                                f"image raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(out, Tensor):
+            raise OperatorError(f"user operator {where}: it must return a torch tensor, got {type(out).__name__}")
+        if not out.is_floating_point() or out.dim() < 1 or out.shape[0] != batch:
+            raise OperatorError(f"user operator {where}: it must return a floating tensor [B, ...] with the batch "
+                                f"first; for a batch of {batch} it returned {out.dtype} {list(out.shape)}")
+        if not out.requires_grad:
+            raise OperatorError(f"user operator {where}: its output is not differentiable w.r.t. the image "
+                                "(avoid .detach(), .numpy(), torch.no_grad() and integer casts in the forward model)")
+        shapes.append(tuple(out.shape[1:]))
+    if shapes[0] != shapes[1]:
+        raise OperatorError(f"user operator {where}: the measurement shape depends on the batch size "
+                            f"({list(shapes[0])} vs {list(shapes[1])})")
+    return shapes[0]
+
+
+class CallableOperator(Operator):
+    """An :class:`Operator` around a differentiable callable ``fn: [B, C, H, W] -> [B, *y_shape]``.
+
+    ``fn`` may be a ``torch.nn.Module`` (it is then registered as a submodule, so ``.to()`` moves it). An
+    ``initial_estimate`` method of ``fn`` is passed through.
+
+    Args:
+        fn: The forward model.
+        x_shape: ``(C, H, W)``.
+        y_shape: Measurement shape (without batch).
+        task: Task string (the user spec).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], x_shape: Sequence[int], y_shape: Sequence[int],
+                 task: str) -> None:
+        super().__init__(x_shape, y_shape, task)
+        self.fn = fn
+        init = getattr(fn, "initial_estimate", None)
+        if callable(init):
+            self._user_init = init
+        else:
+            self.initial_estimate = None  # type: ignore[assignment,method-assign]
+
+    def params(self) -> dict[str, Any]:
+        return {"callable": getattr(self.fn, "__qualname__", type(self.fn).__name__)}
+
+    def A(self, x: Tensor) -> Tensor:  # noqa: N802
+        self._check_x(x)
+        return self.fn(x)
+
+    def initial_estimate(self, y: Tensor) -> Tensor:
+        """The callable's own ``initial_estimate(y)``."""
+        return self._user_init(y)
+
+    def y_to_image(self, y: Tensor) -> Tensor:
+        fn = getattr(self.fn, "y_to_image", None)
+        return fn(y) if callable(fn) else super().y_to_image(y)
+
+    def image_to_y(self, img: Tensor) -> Tensor:
+        fn = getattr(self.fn, "image_to_y", None)
+        return fn(img) if callable(fn) else super().image_to_y(img)
+
+
+class LinearCallableOperator(CallableOperator, LinearOperator):
+    """A linear user operator: ``A^T`` by autograd (vector-Jacobian product), ``A^+`` by conjugate gradients.
+
+    The callable's own ``A_adjoint`` / ``A_dagger`` methods are used when it has them.
+    """
+
+    linear = True
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], x_shape: Sequence[int], y_shape: Sequence[int],
+                 task: str) -> None:
+        super().__init__(fn, x_shape, y_shape, task)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
+        self._check_y(y)
+        own = getattr(self.fn, "A_adjoint", None)
+        if callable(own):
+            return own(y)
+        with torch.enable_grad():
+            x = torch.zeros((y.shape[0], *self.x_shape), dtype=y.dtype, device=y.device, requires_grad=True)
+            out = self.fn(x)
+            (grad,) = torch.autograd.grad(out, x, grad_outputs=y, create_graph=y.requires_grad)
+        return grad
+
+    def A_dagger(self, y: Tensor, *, cg_iters: int | None = None, cg_tol: float | None = None) -> Tensor:  # noqa: N802
+        own = getattr(self.fn, "A_dagger", None)
+        if callable(own):
+            return own(y)
+        self._check_y(y)
+        iters = self.cg_iters if cg_iters is None else int(cg_iters)
+        tol = self.cg_tol if cg_tol is None else float(cg_tol)
+        z = conjugate_gradient(lambda v: self.A(self.A_adjoint(v)), y, iters=iters, tol=tol)
+        return self.A_adjoint(z)
+
+
+def load_user_operator(spec: str, shape: Sequence[int]) -> Operator:
+    """Load ``path/to/file.py:function`` or ``module:function`` and build the operator for images of ``shape``.
+
+    Args:
+        spec: ``SOURCE:FUNCTION`` (see the module docstring).
+        shape: ``(C, H, W)``, passed to the function as a tuple of ints.
+
+    Returns:
+        The user's :class:`Operator`, or a :class:`CallableOperator` / :class:`LinearCallableOperator` around the
+        returned callable (``task`` is ``spec``).
+
+    Raises:
+        OperatorError: One line naming the file or module, the function and the problem.
+    """
+    source, func_name = split_user_spec(spec)
+    where = f"{spec.strip()!r}"
+    dims = tuple(int(s) for s in shape)
+    module = _load_module(source, where)
+    factory = getattr(module, func_name, None)
+    if factory is None:
+        public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise OperatorError(f"user operator {where}: {source!r} has no function {func_name!r}"
+                            f"{' (it has: ' + ', '.join(public[:8]) + ')' if public else ''}")
+    if not callable(factory):
+        raise OperatorError(f"user operator {where}: {func_name!r} in {source!r} is a {type(factory).__name__}, "
+                            "not a function")
+    try:
+        made = factory(dims)
+    except Exception as exc:  # noqa: BLE001
+        raise OperatorError(f"user operator {where}: {func_name}({dims}) raised {type(exc).__name__}: {exc}") from None
+    if isinstance(made, Operator):
+        if tuple(made.x_shape) != dims:
+            raise OperatorError(f"user operator {where}: {func_name}({dims}) returned an operator for images "
+                                f"{list(made.x_shape)}, not {list(dims)}")
+        _probe(made.A, dims, where)
+        return made
+    if not callable(made):
+        raise OperatorError(f"user operator {where}: {func_name}({dims}) must return an Operator or a callable "
+                            f"x -> y, got {type(made).__name__}")
+    y_shape = _probe(made, dims, where)
+    cls = LinearCallableOperator if getattr(made, "linear", False) is True else CallableOperator
+    return cls(made, dims, y_shape, spec.strip())
