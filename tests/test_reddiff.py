@@ -217,3 +217,47 @@ def test_converges_to_the_gaussian_posterior_mode_direction():
     assert 2 / 3 - 0.05 < ratio < 0.97, ratio
     # closer to the truth than the measurement itself
     assert float((mu - x).pow(2).mean()) < float((y - x).pow(2).mean())
+
+
+def test_t_max_and_lr_schedule():
+    op, _, y = _problem()
+    prior = DiffusionPrior(AffineNet())
+    infos = []
+    RedDiff(steps=30, lr=0.01, t_max=10)(prior, Problem(y, op, 0.1), torch.Generator().manual_seed(0), infos.append)
+    ts = [i.t for i in infos]
+    assert ts[0] == 10 and ts[-1] == 0 and ts == sorted(ts, reverse=True)  # 30 steps over 11 timesteps: repeats
+    with pytest.raises(SolverError, match="unknown lr_schedule"):
+        RedDiff(lr_schedule="step")
+    # a linear decay: with SGD the second of two steps uses half the learning rate
+    lr = 0.05
+    gens = lambda: [torch.Generator().manual_seed(3 + i) for i in range(2)]  # noqa: E731
+    const = RedDiff(steps=2, lr=lr, optimizer="sgd")
+    half = RedDiff(steps=2, lr=lr, optimizer="sgd", lr_schedule="linear")
+    steps_c, steps_h = [], []
+    const(prior, Problem(y, op, 0.1), gens(), lambda i: steps_c.append(i.x.clone()))
+    half(prior, Problem(y, op, 0.1), gens(), lambda i: steps_h.append(i.x.clone()))
+    assert torch.allclose(steps_c[0], steps_h[0])  # step 0: factor 1
+    mu0 = op.A_dagger(y)
+    delta_c, delta_h = steps_c[0] - mu0, steps_h[1] - steps_h[0]
+    assert delta_h.abs().sum() < delta_c.abs().sum()
+
+
+def test_classical_init_and_estimates():
+    from reddiff import make_operator
+    from reddiff.operators.classical import normalized_convolution_fill
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    sr = make_operator("sr:4", (3, 16, 16)).to(torch.float64)
+    est = sr.classical_estimate(sr.A(x))
+    assert torch.allclose(sr.A(est), sr.A(x), atol=1e-10)  # back-projected: consistent with the measurement
+    inp = make_operator("inpaint-box", (3, 16, 16), generator=g).to(torch.float64)
+    filled = inp.classical_estimate(inp.A(x))
+    assert torch.allclose(inp.A(filled), inp.A(x)) and torch.isfinite(filled).all()
+    const = normalized_convolution_fill(torch.full((1, 1, 8, 8), 0.3), torch.rand(8, 8, generator=g) > 0.9)
+    assert torch.allclose(const, torch.full_like(const, 0.3))  # a constant image is filled with its constant
+    seen = []
+    RedDiff(steps=1, lr=1e-9, init="classical")(DiffusionPrior(AffineNet().float()), Problem(sr.A(x).float(),
+                                                sr.float(), 0.0), torch.Generator().manual_seed(0),
+                                                lambda i: seen.append(i.x))
+    assert torch.allclose(seen[0], est.float(), atol=1e-5)

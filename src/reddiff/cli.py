@@ -100,6 +100,8 @@ SOLVER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "order": ("order", ("reddiff",)),
     "optimizer": ("optimizer", ("reddiff",)),
     "data_term": ("data_term", ("reddiff",)),
+    "t_max": ("t_max", ("reddiff",)),
+    "lr_schedule": ("lr_schedule", ("reddiff",)),
     "eta": ("eta", ("dps", "pigdm", "ddrm", "ddim")),
     "eta_b": ("eta_b", ("ddrm",)),
     "zeta": ("zeta", ("dps",)),
@@ -108,7 +110,7 @@ SOLVER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def _add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None:
     from .solvers import SOLVERS
-    from .solvers.reddiff import DATA_TERMS, INITS, WEIGHTINGS, RedDiff
+    from .solvers.reddiff import DATA_TERMS, INITS, LR_SCHEDULES, WEIGHTINGS, RedDiff
 
     d = RedDiff()
     g = p.add_argument_group("solver (defaults are each paper's; RED-diff's come from the prior's task preset "
@@ -127,10 +129,15 @@ def _add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None
                    help=f"RED-diff SNR weighting f (default: {preset % d.weighting})")
     g.add_argument("--obs-weight", type=_nonneg_float, default=None,
                    help=f"RED-diff data-term weight (default: {d.obs_weight})")
-    g.add_argument("--init", default=None, choices=list(INITS), help=f"RED-diff initial estimate (default: {d.init})")
+    g.add_argument("--init", default=None, choices=list(INITS),
+                   help=f"RED-diff initial estimate (default: preset, else {d.init})")
     g.add_argument("--order", default=None, choices=["descending", "ascending", "random"],
                    help=f"RED-diff timestep order (default: {d.order})")
     g.add_argument("--optimizer", default=None, help=f"RED-diff torch.optim optimizer (default: {d.optimizer})")
+    g.add_argument("--t-max", type=_nonneg_int, default=None,
+                   help="RED-diff: largest timestep visited (default: preset, else T-1 = 999)")
+    g.add_argument("--lr-schedule", default=None, choices=list(LR_SCHEDULES),
+                   help=f"RED-diff learning-rate schedule (default: preset, else {d.lr_schedule})")
     g.add_argument("--data-term", default=None, choices=list(DATA_TERMS),
                    help="RED-diff data term: mean (both terms averaged, the reference normalisation) or paper "
                    f"(||y-A(mu)||^2/(2 sigma_y^2)) (default: {d.data_term})")

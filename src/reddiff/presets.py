@@ -27,7 +27,7 @@ from .errors import ReddiffError
 __all__ = ["PRESET_KEYS", "presets_path", "load_presets", "preset_for"]
 
 #: The RED-diff fields a preset may set.
-PRESET_KEYS = ("lam", "lr", "steps", "weighting")
+PRESET_KEYS = ("lam", "lr", "steps", "weighting", "init", "t_max", "lr_schedule")
 
 
 def presets_path(weights: str | Path) -> Path:

@@ -76,7 +76,12 @@ class VPSchedule:
         return ((1 - self.abar) / self.abar).sqrt()
 
     def timesteps(
-        self, num_steps: int, order: str = "descending", generator: torch.Generator | None = None
+        self,
+        num_steps: int,
+        order: str = "descending",
+        generator: torch.Generator | None = None,
+        t_max: int | None = None,
+        allow_repeats: bool = False,
     ) -> torch.Tensor:
         """The ``num_steps`` integer timesteps visited by a sampler (respacing).
 
@@ -88,18 +93,24 @@ class VPSchedule:
             order: ``descending`` (T-1 ... 0, the default and the paper's best), ``ascending``, or ``random``
                 (a permutation drawn from ``generator``).
             generator: randomness for ``order="random"``.
+            t_max: the largest timestep (default ``T - 1``): the steps are spread over ``0 .. t_max``.
+            allow_repeats: allow more steps than timesteps in ``0 .. t_max`` (some are then visited twice in a row;
+                fine for RED-diff's stochastic optimisation, not for samplers).
 
         Returns:
             int64 tensor [num_steps].
         """
         if order not in TIMESTEP_ORDERS:
             raise ReddiffError(f"unknown timestep order {order!r}; accepted: {', '.join(TIMESTEP_ORDERS)}")
-        if not 1 <= int(num_steps) <= self.num_timesteps:
-            raise ReddiffError(f"steps must be between 1 and {self.num_timesteps}, got {num_steps}")
+        top = self.num_timesteps - 1 if t_max is None else int(t_max)
+        if not 0 <= top < self.num_timesteps:
+            raise ReddiffError(f"t_max must be between 0 and {self.num_timesteps - 1}, got {t_max}")
+        if int(num_steps) < 1 or (int(num_steps) > top + 1 and not allow_repeats):
+            raise ReddiffError(f"steps must be between 1 and {top + 1}, got {num_steps}")
         if num_steps == 1:
-            ts = torch.tensor([self.num_timesteps - 1], dtype=torch.int64)
+            ts = torch.tensor([top], dtype=torch.int64)
         else:
-            ts = torch.linspace(0, self.num_timesteps - 1, num_steps, dtype=torch.float64).round().long()
+            ts = torch.linspace(0, top, num_steps, dtype=torch.float64).round().long()
         if order == "descending":
             return ts.flip(0)
         if order == "ascending":

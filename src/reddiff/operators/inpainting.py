@@ -151,6 +151,12 @@ class Inpainting(SVDOperator):
         """Observed pixels scattered into a full ``[B, C, H, W]`` image, missing pixels 0 (mid-grey)."""
         return self.A_adjoint(y)
 
+    def classical_estimate(self, y: Tensor) -> Tensor:
+        """Missing pixels filled by normalised Gaussian averaging of the observed ones (a prior-free start)."""
+        from reddiff.operators.classical import normalized_convolution_fill
+
+        return normalized_convolution_fill(self.A_adjoint(y), self.mask)
+
     def image_to_y(self, img: Tensor) -> Tensor:
         """Gather the observed pixels of a full ``[B, C, H, W]`` image (missing pixels are ignored).
 

@@ -105,6 +105,12 @@ class BlockAverage(SVDOperator):
         self._check_y(y)
         return self._upsample(y) / float(self.factor**2)
 
+    def classical_estimate(self, y: Tensor) -> Tensor:
+        """Bicubic upsampling of ``y`` back-projected onto ``A x = y`` (a prior-free start)."""
+        from reddiff.operators.classical import upsample_back_project
+
+        return upsample_back_project(self, y)
+
     def A_dagger(self, y: Tensor, **kwargs: object) -> Tensor:  # noqa: N802
         """Closed form: ``A A^T = I / F^2``, so ``A^+ y`` is nearest-neighbour upsampling."""
         self._check_y(y)

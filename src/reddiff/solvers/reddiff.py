@@ -42,7 +42,13 @@ WEIGHTINGS: dict[str, Any] = {
     "power2over3": lambda r: r ** (2.0 / 3.0),
     "const": lambda r: 1.0,
 }
-INITS = ("pinv", "zeros", "random", "adjoint")
+INITS = ("pinv", "classical", "zeros", "random", "adjoint")
+#: learning-rate schedules over the steps: factor of ``lr`` at progress ``p = i / steps``.
+LR_SCHEDULES: dict[str, Any] = {
+    "constant": lambda p: 1.0,
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+}
 DATA_TERMS = ("mean", "paper")
 
 
@@ -95,9 +101,17 @@ class RedDiff:
             paper); when > 0, ``x0 = mu + sigma_x0 * z`` is drawn afresh each step (reparameterised).
         init: initial ``mu``: ``pinv`` (the operator's ``initial_estimate(y)`` where it defines one: blurs use
             a pseudo-inverse truncated at 3e-2 of the largest singular value, nonlinear operators their own
-            guess; otherwise ``A_dagger(y)``), ``zeros``, ``random`` (standard normal), ``adjoint`` (``A^T y``).
+            guess; otherwise ``A_dagger(y)``), ``classical`` (the operator's prior-free classical restoration where
+            it has one: bicubic upsampling with back-projection for ``sr``, normalised-convolution filling for
+            inpainting; otherwise as ``pinv``), ``zeros``, ``random`` (standard normal), ``adjoint`` (``A^T y``).
         order: timestep order: ``descending`` (paper's best), ``ascending`` or ``random``.
         order_seed: seed of the permutation when ``order="random"`` (the same order for every sample).
+        lr_schedule: ``constant`` (the paper's), ``linear`` or ``cosine`` decay of ``lr`` to 0 over the steps. Adam
+            normalises gradient magnitudes, so with a constant ``lr`` the estimate keeps moving by about ``lr`` per
+            step even where the gradients have become small and noisy; a decay lets it settle.
+        t_max: the largest timestep visited (default ``T - 1``, the paper's). A smaller value skips the noisiest
+            timesteps, whose random regularisation gradients would scramble a good starting point (useful with
+            ``init="classical"``).
         optimizer: a ``torch.optim`` optimizer name.
         betas: Adam-family betas.
         optimizer_kwargs: extra optimizer arguments (e.g. ``{"momentum": 0.9}`` for SGD).
@@ -114,6 +128,8 @@ class RedDiff:
     init: str = "pinv"
     order: str = "descending"
     order_seed: int = 0
+    t_max: int | None = None
+    lr_schedule: str = "constant"
     optimizer: str = "adam"
     betas: tuple[float, float] = (0.9, 0.99)
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -139,6 +155,8 @@ class RedDiff:
             raise SolverError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
         if self.order not in TIMESTEP_ORDERS:
             raise SolverError(f"unknown timestep order {self.order!r}; accepted: {', '.join(TIMESTEP_ORDERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SolverError(f"unknown lr_schedule {self.lr_schedule!r}; accepted: {', '.join(LR_SCHEDULES)}")
         if self.data_term not in DATA_TERMS:
             raise SolverError(f"unknown data_term {self.data_term!r}; accepted: {', '.join(DATA_TERMS)}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -162,6 +180,8 @@ class RedDiff:
             return torch.zeros(problem.x_shape, dtype=y.dtype, device=y.device)
         if self.init == "random":
             return randn_like_per_sample(torch.empty(problem.x_shape, dtype=y.dtype, device=y.device), generators)
+        if self.init == "classical" and callable(getattr(op, "classical_estimate", None)):
+            return op.classical_estimate(y)
         if self.init == "adjoint":
             if not callable(getattr(op, "A_adjoint", None)):
                 raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} has no A_adjoint")
@@ -201,7 +221,8 @@ class RedDiff:
         batch = problem.batch_size
         gens = per_sample_generators(generator, batch, y.device)
         timesteps = prior.schedule.timesteps(
-            self.steps, self.order, torch.Generator().manual_seed(self.order_seed)
+            self.steps, self.order, torch.Generator().manual_seed(self.order_seed), t_max=self.t_max,
+            allow_repeats=self.t_max is not None,
         )
         abar = prior.schedule.abar  # float64 on the CPU: exact weights
 
@@ -246,6 +267,8 @@ class RedDiff:
             loss = (w_t * reg + self.obs_weight * obs).sum()
             check_finite("RED-diff", i, t, loss.detach(), "loss", hint)
             # 6. one optimizer step on mu
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr * LR_SCHEDULES[self.lr_schedule](i / self.steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
