@@ -47,7 +47,7 @@ TASKS: dict[str, tuple[float, list[dict]]] = {
                                                               lr=(0.02,))),
     "deblur-gauss": (0.01, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(100, 200), lam=(0.25, 0.5, 1.0),
                                            lr=(0.03,))),
-    "denoise": (0.1, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(60, 120), lam=(0.5, 1.0, 2.0),
+    "denoise": (0.1, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(30, 60), lam=(2.0, 4.0, 8.0),
                                      lr=(0.02,))),
 }
 #: (training picture, top, left) of the sweep crops.

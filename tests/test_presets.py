@@ -65,3 +65,34 @@ def test_cli_applies_presets_and_user_overrides(capsys, tmp_path, small_image, p
     rec = json.loads((tmp_path / "c/coffee/run.json").read_text())
     assert rec["solver"]["lam"] == 0.9 and rec["solver"]["steps"] == 5
     capsys.readouterr()
+
+
+def test_bundled_prior_ships_with_presets_for_the_main_tasks(capsys):
+    from reddiff import load_prior
+    from reddiff.networks.checkpoints import bundled_weights
+    from reddiff.solvers.reddiff import RedDiff
+
+    prior = load_prior("bundled", progress=False)
+    assert prior.info["name"] == "bundled" and not prior.learned_sigma
+    assert sum(p.numel() for p in prior.network.parameters()) < 25e6 / 4  # weights <= 25 MB in float32
+    assert bundled_weights().stat().st_size <= 25 * 2**20
+    presets = load_presets(bundled_weights())
+    assert presets["provenance"]["script"] == "benchmarks/sweep_presets.py"
+    for task in ("sr:4", "inpaint-random:0.8", "deblur-gauss", "denoise"):
+        chosen = preset_for(presets, task, 0.02)
+        assert chosen and RedDiff(**chosen).steps == chosen["steps"]  # every preset is a valid solver
+    assert main(["list", "priors"]) == 0
+    out = capsys.readouterr().out
+    assert "bundled" in out and "preset sr" in out
+
+
+def test_demo_with_the_bundled_prior_on_a_small_image(capsys, tmp_path, small_image):
+    code = main(["demo", "--input", str(small_image), "--steps", "3", "--output", str(tmp_path / "d"), "--json",
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rep = json.loads(out)
+    assert [r["task"] for r in rep["results"]] == ["sr:4", "inpaint-random:0.8", "deblur-gauss:3.0"]
+    for r in rep["results"]:
+        assert r["preset"] and r["solver"]["steps"] == 3 and r["solver"]["lam"] == r["preset"]["lam"]
+    assert (tmp_path / "d/demo_grid.png").is_file() and (tmp_path / "d/demo.json").is_file()

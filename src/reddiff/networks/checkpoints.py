@@ -543,15 +543,10 @@ def load_network(
 
 
 def _atomic_write(dest: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    from ..io import atomic_path
+
+    with atomic_path(dest) as tmp:
         write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_network(network: ADMUNet, path: str | os.PathLike[str]) -> Path:
