@@ -11,8 +11,8 @@ import torch
 
 from ..errors import SolverError
 
-__all__ = ["Problem", "StepInfo", "Callback", "GeneratorLike", "per_sample_generators", "randn_like_per_sample",
-           "require_capabilities", "check_finite"]
+__all__ = ["Problem", "StepInfo", "Callback", "SolverRecord", "GeneratorLike", "per_sample_generators",
+           "randn_like_per_sample", "require_capabilities", "check_finite"]
 
 GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
 
@@ -76,6 +76,19 @@ class StepInfo:
 
 
 Callback = Callable[[StepInfo], None]
+
+
+class SolverRecord:
+    """Mixin of the solver dataclasses: ``to_dict()``, the fields as a JSON-serialisable run record."""
+
+    name = "solver"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The solver's name and fields as a JSON-serialisable dict (the run record)."""
+        from dataclasses import asdict
+
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # type: ignore[arg-type]
+        return {"solver": self.name, **fields}
 
 
 def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.device) -> list[torch.Generator]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from .base import (
     Callback,
     GeneratorLike,
     Problem,
+    SolverRecord,
     StepInfo,
     check_finite,
     per_sample_generators,
@@ -134,7 +135,7 @@ def check_unit(solver: str, what: str, value: float) -> None:
 
 
 @dataclass(frozen=True)
-class DDIM:
+class DDIM(SolverRecord):
     """Unconditional DDIM sampling (Song et al. 2021, Algorithm via eq. 12); ignores the measurement.
 
     Called like every solver, ``DDIM()(prior, problem)`` draws one prior sample per measurement in ``problem``
@@ -153,10 +154,6 @@ class DDIM:
     def __post_init__(self) -> None:
         check_steps("DDIM", self.steps)
         check_unit("DDIM", "eta", self.eta)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The solver's fields as a JSON-serialisable dict (the run record)."""
-        return {"solver": self.name, **asdict(self)}
 
     def sample(
         self,

@@ -17,19 +17,27 @@ then back to the VP variable ``x_s = sqrt(abar_s) V xbar_s``. The last step goes
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .base import Callback, GeneratorLike, Problem, per_sample_generators, randn_like_per_sample, require_capabilities
+from .base import (
+    Callback,
+    GeneratorLike,
+    Problem,
+    SolverRecord,
+    per_sample_generators,
+    randn_like_per_sample,
+    require_capabilities,
+)
 from .ddim import check_steps, check_unit, sample_loop
 
 __all__ = ["DDRM"]
 
 
 @dataclass(frozen=True)
-class DDRM:
+class DDRM(SolverRecord):
     """DDRM (Kawar et al. 2022) for SVD-structured linear operators.
 
     Defaults are the paper's: ``eta = 0.85``, ``eta_b = 1.0``, 20 steps.
@@ -53,10 +61,6 @@ class DDRM:
         check_unit("DDRM", "eta", self.eta)
         check_unit("DDRM", "eta_b", self.eta_b)
         check_unit("DDRM", "rtol", self.rtol)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The solver's fields as a JSON-serialisable dict (the run record)."""
-        return {"solver": self.name, **asdict(self)}
 
     def __call__(
         self,

@@ -14,20 +14,20 @@ reference implementation we take ``zeta`` times the gradient of the norm ``||y -
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import SolverError
-from .base import Callback, GeneratorLike, Problem, per_sample_generators, randn_like_per_sample
+from .base import Callback, GeneratorLike, Problem, SolverRecord, per_sample_generators, randn_like_per_sample
 from .ddim import check_steps, check_unit, ddim_sigma, ddim_step, sample_loop
 
 __all__ = ["DPS"]
 
 
 @dataclass(frozen=True)
-class DPS:
+class DPS(SolverRecord):
     """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1). Works with any differentiable operator.
 
     Defaults: ``zeta = 1.0`` (the step size of Chung et al., App. C.4, for super-resolution, inpainting and
@@ -51,10 +51,6 @@ class DPS:
         check_unit("DPS", "eta", self.eta)
         if not (isinstance(self.zeta, int | float) and math.isfinite(self.zeta) and self.zeta >= 0):
             raise SolverError(f"DPS: zeta must be a finite number >= 0, got {self.zeta!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The solver's fields as a JSON-serialisable dict (the run record)."""
-        return {"solver": self.name, **asdict(self)}
 
     def __call__(
         self,

@@ -22,14 +22,22 @@ The matrix inverse is closed form in the SVD space for SVD-structured operators
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import SolverError
 from ..operators.base import conjugate_gradient
-from .base import Callback, GeneratorLike, Problem, per_sample_generators, randn_like_per_sample, require_capabilities
+from .base import (
+    Callback,
+    GeneratorLike,
+    Problem,
+    SolverRecord,
+    per_sample_generators,
+    randn_like_per_sample,
+    require_capabilities,
+)
 from .ddim import check_steps, check_unit, ddim_sigma, ddim_step, sample_loop
 
 __all__ = ["PiGDM", "pigdm_guidance_vector"]
@@ -70,7 +78,7 @@ def pigdm_guidance_vector(
 
 
 @dataclass(frozen=True)
-class PiGDM:
+class PiGDM(SolverRecord):
     """ΠGDM (Song et al. 2023, Algorithm 1), noiseless and noisy forms, for linear operators.
 
     Defaults: 100 steps (as in the paper's and RED-diff's comparisons), ``eta = 1.0`` (the stochastic DDIM update
@@ -100,10 +108,6 @@ class PiGDM:
             raise SolverError(f"ΠGDM: guidance_scale must be a finite number, got {self.guidance_scale!r}")
         if int(self.cg_iters) < 1 or not self.cg_tol > 0:
             raise SolverError(f"ΠGDM: need cg_iters >= 1 and cg_tol > 0, got {self.cg_iters}, {self.cg_tol}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The solver's fields as a JSON-serialisable dict (the run record)."""
-        return {"solver": self.name, **asdict(self)}
 
     def __call__(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from .base import (
     Callback,
     GeneratorLike,
     Problem,
+    SolverRecord,
     StepInfo,
     check_finite,
     per_sample_generators,
@@ -74,7 +75,7 @@ def resolve_optimizer(name: str) -> type[torch.optim.Optimizer]:
 
 
 @dataclass(frozen=True)
-class RedDiff:
+class RedDiff(SolverRecord):
     """RED-diff (Algorithm 1 of Mardani et al. 2024). The fields are the hyperparameters and the run record.
 
     Defaults follow the paper and its reference implementation: ``lam=0.25``, ``lr=0.1`` (the paper uses
@@ -162,11 +163,6 @@ class RedDiff:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The solver's fields as a JSON-serialisable dict (the run record)."""
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return {"solver": self.name, **d}
 
     # -- pieces of Algorithm 1 -------------------------------------------------------------------------------
     def weight(self, abar_t: float) -> float:
