@@ -29,7 +29,7 @@ from reddiff import load_prior
 from reddiff.data import held_out_images
 from reddiff.io import from_unit, to_unit
 from reddiff.metrics import psnr, ssim
-from reddiff.pipeline import restore, simulate
+from reddiff.pipeline import restore
 
 TASKS = (("sr:4", 0.01), ("inpaint-random:0.8", 0.0), ("deblur-gauss", 0.01), ("denoise", 0.1))
 
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             seed = 100 + i
             t0 = time.perf_counter()
             r = restore(prior, x, task, 2 * noise, seed=seed, steps=args.steps)
-            op, y = simulate(x, task, 2 * noise, seed)  # the same measurement the solver saw
-            base_name, base_psnr, base_ssim = baseline(task, op, y, ref01)
+            base_name, base_psnr, base_ssim = baseline(task, r.operator, r.y, ref01)  # the solver's measurement
             rows.append({"task": r.task, "sigma_y": noise, "image": name, "reddiff_psnr": r.psnr,
                          "reddiff_ssim": r.ssim, "baseline": base_name, "baseline_psnr": base_psnr,
                          "baseline_ssim": base_ssim, "seconds": round(r.seconds, 2), "solver": r.solver,

@@ -53,12 +53,16 @@ def test_save_load_round_trip_is_exact_on_8bit_values(tmp_path):
 def test_load_conversions_and_notices(tmp_path):
     Image.fromarray(np.full((5, 6), 128, np.uint8), mode="L").save(tmp_path / "g.png")
     Image.fromarray(np.full((5, 6, 4), 200, np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((5, 6, 3), 90, np.uint8)).convert("P").save(tmp_path / "palette.png")
     notes: list[str] = []
     g = load_image(tmp_path / "g.png", notices=notes)
     assert g.shape == (1, 3, 5, 6) and "grayscale" in notes[0]
     rgba = load_image(tmp_path / "rgba.png", notices=notes)
     assert rgba.shape == (1, 3, 5, 6) and any("alpha" in n for n in notes)
     assert load_image(tmp_path / "g.png", channels=None).shape == (1, 1, 5, 6)
+    before = len(notes)
+    assert load_image(tmp_path / "palette.png", notices=notes).shape == (1, 3, 5, 6)
+    assert len(notes) == before  # a palette image without transparency has no alpha to drop
 
 
 def test_bad_files(tmp_path):
@@ -67,8 +71,9 @@ def test_bad_files(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ReddiffError, match="cannot read .*notes.png as an image"):
         load_image(tmp_path / "notes.png")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ReddiffError, match="no images in folder"):
-        list_images(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+        list_images(tmp_path / "empty")
     with pytest.raises(ReddiffError, match="no such file or folder"):
         list_images(tmp_path / "nope")
 

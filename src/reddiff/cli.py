@@ -147,7 +147,7 @@ def _add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None
     g.add_argument("--zeta", type=_nonneg_float, default=None, help="DPS step size ζ (default: 1.0)")
 
 
-def _add_measure_args(p: argparse.ArgumentParser, *, solve: bool) -> None:
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("measurement")
     g.add_argument("--task", required=True, help="forward model, e.g. sr:4, inpaint-random:0.8, deblur-gauss, "
                    "jpeg:20, phase-retrieval; TASK+TASK composes (sr:4+inpaint-random:0.5); path/to/file.py:function "
@@ -169,6 +169,14 @@ def _add_measure_args(p: argparse.ArgumentParser, *, solve: bool) -> None:
         help="base seed; each image gets its own seeds derived from it and its file name, so results do not "
         "depend on the folder or the batch (default: %(default)s)",
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> Any:
+    run = p.add_argument_group("run")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,14 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--measurement", metavar="Y", help="measurement image file or folder (from `reddiff degrade`)")
     solve.add_argument("--mask", metavar="M.png", help="inpainting mask for --measurement (white = observed)")
     solve.add_argument("--output", metavar="DIR", required=True, help="output folder")
-    _add_measure_args(solve, solve=True)
+    _add_measure_args(solve)
     _add_prior_args(solve)
     _add_solver_args(solve)
-    run = solve.add_argument_group("run")
+    run = _add_run_args(solve)
     run.add_argument("--batch-size", type=_pos_int, default=1, help="images per batch (default: %(default)s)")
-    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    run.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     degrade = sub.add_parser(
         "degrade",
@@ -213,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     degrade.add_argument("--input", metavar="CLEAN", required=True, help="clean image file or folder")
     degrade.add_argument("--output", metavar="DIR", required=True, help="output folder")
-    _add_measure_args(degrade, solve=False)
+    _add_measure_args(degrade)
     degrade.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     lst = sub.add_parser("list", help="list tasks, priors or solvers", description="List what reddiff offers.")
@@ -241,12 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument("--input", metavar="CLEAN", required=True, help="clean image file or folder")
     cmp_.add_argument("--output", metavar="DIR", required=True, help="output folder")
-    _add_measure_args(cmp_, solve=True)
+    _add_measure_args(cmp_)
     _add_prior_args(cmp_)
     _add_solver_args(cmp_, multi=True)
-    cmp_.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    cmp_.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    cmp_.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_run_args(cmp_)
 
     bench = sub.add_parser(
         "bench",
@@ -585,6 +588,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         mask = load_mask(args.mask, x_shape) if args.mask else None
         op_seed = derive_seed(args.seed, f.stem, "operator")
         op, gen = _operator_for(args.task, x_shape, op_seed, mask)
+        task = op.task  # canonical task string, the same for every image
         if index % world != rank:
             continue  # another rank's image
         if simulate:
@@ -601,7 +605,6 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     prior = load_prior(args.prior, args.prior_config, device=device, progress=not args.no_progress and rank == 0)
     prior.eval().configure(args.precision, args.channels_last, args.compile)
     prior_seconds = time.perf_counter() - t_load
-    task = _operator_for(args.task, (3, 64, 64), 0)[0].task if not items else items[0]["op"].task
     preset = preset_for(load_presets(prior.info.get("path")), task, sigma_y)
     solver = _solver_from_args(args, preset)
 
@@ -735,7 +738,7 @@ def _write_outputs(it, mu, op, out_dir, args, solver, prior, seconds, evals, noi
     run = {
         "reddiff_version": version,
         "command": ["reddiff", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("reddiff") else None,
-        "input": {"path": str(f), "sha256": _file_sha256(f), "kind": "clean" if it["x"] is not None else "measurement"},
+        "input": {"path": str(f), "sha256": it["settings"]["input_sha256"], "kind": it["settings"]["kind"]},
         "prior": prior.info,
         "task": {"task": op.task, "params": op.params(), "x_shape": list(op.x_shape),
                  "y_shape": list(op.y_shape)},

@@ -84,11 +84,11 @@ def load_image(
         with Image.open(p) as im:
             im.load()
             mode = im.mode
-            if mode in ("RGBA", "LA", "P", "PA") or (mode == "P" and "transparency" in im.info):
-                converted = im.convert("RGBA" if mode != "LA" else "LA")
-                if notices is not None and converted.mode in ("RGBA", "LA"):
+            has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
+            if has_alpha:
+                if notices is not None:
                     notices.append(f"{p.name}: dropped the alpha channel")
-                im2 = converted.convert("RGB" if converted.mode == "RGBA" else "L")
+                im2 = im.convert("L") if mode == "LA" else im.convert("RGBA").convert("RGB")
             elif mode in ("L", "1", "I", "I;16", "F"):
                 im2 = im.convert("L") if mode in ("1", "L") else _to_8bit_gray(im)
             else:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -84,7 +82,3 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
     out = s.flatten(1).mean(1)
     return out[0] if squeeze else out
 
-
-def psnr_db_to_mse(value: float, data_range: float = 1.0) -> float:
-    """The MSE that a PSNR of ``value`` dB corresponds to (handy in reports)."""
-    return data_range**2 / math.pow(10, value / 10)

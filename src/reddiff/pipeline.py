@@ -26,6 +26,8 @@ class Restoration:
     """The outcome of :func:`restore` for one image (tensors are ``[1, C, H, W]`` in [-1, 1])."""
 
     task: str
+    operator: Any
+    y: torch.Tensor
     estimate: torch.Tensor
     measurement_image: torch.Tensor
     clean: torch.Tensor
@@ -97,6 +99,8 @@ def restore(
             base = float(psnr(_metric_unit(op.A_dagger(y).clamp(-1, 1)), b)[0])
     return Restoration(
         task=op.task,
+        operator=op,
+        y=y,
         estimate=est.cpu(),
         measurement_image=op.y_to_image(y).clamp(-1, 1).cpu(),
         clean=x.cpu(),

@@ -261,6 +261,7 @@ class RedDiff(SolverRecord):
                 obs = (noise.nll_sum(y, ax) if noise is not None
                        else (y - ax).pow(2).sum(dim=reduce_dims) / (2.0 * problem.sigma_y**2))
             loss = (w_t * reg + self.obs_weight * obs).sum()
+            # a non-finite mu from the previous step shows up here too, so the loop checks only the loss
             check_finite("RED-diff", i, t, loss.detach(), "loss", hint)
             # 6. one optimizer step on mu
             for group in optimizer.param_groups:
@@ -268,7 +269,6 @@ class RedDiff(SolverRecord):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            check_finite("RED-diff", i, t, mu.detach(), "estimate", hint)
             if callback is not None:
                 callback(
                     StepInfo(
@@ -285,4 +285,5 @@ class RedDiff(SolverRecord):
                     )
                 )
         out = mu.detach()
+        check_finite("RED-diff", self.steps - 1, int(timesteps[-1]), out, "estimate", hint)
         return out.clamp(-1, 1) if self.clip_x0 else out
