@@ -11,12 +11,14 @@ the median posterior log-density of its estimates next to that of exact posterio
 Hyperparameters (never chosen on the reported seeds 0..P-1; ``--tune`` runs the tuning seeds 1000+):
 DDRM eta = 0.85, eta_b = 1 (paper defaults); ΠGDM eta = 1, guidance scale 1 (defaults); DPS zeta = 0.3 (picked on
 the separate 2-D mixture of tests/test_solvers.py, where the paper's 1.0 overshoots; not swept here);
-RED-diff lam = 1.0, lr = 1.0, init = random, data_term = paper (the
-defaults lam = 0.25, lr = 0.1, init = pinv barely move in 20-100 steps when modes are 8-16 units apart; chosen
-among 5 settings on tuning seeds, d = 8, d_y = 2).
+RED-diff lam = 1, lr = 3 with cosine decay, sqrt weighting, init = random, data_term = paper: the best mean sliced
+Wasserstein and in-mode fraction among ``REDDIFF_CANDIDATES`` on the tuning seeds
+(``python benchmarks/mixture.py --quick --tune --dims 8,80 --dys 1,2,4``, results/mixture_quick_tune.json). The paper's
+lam = 0.25, lr = 0.1, init = pinv barely move in 20-100 steps when the modes are 8-16 units apart.
 
 Usage: ``python benchmarks/mixture.py --quick`` (d = 8, d_y in {1, 2}, 3 problems, 500 samples, 20 and 100 steps),
-or without ``--quick`` for the full table (slow on a CPU). Writes a table to stdout and JSON to ``--json``.
+or without ``--quick`` for the full table (about 100 minutes on one CPU thread; ``--dims``/``--dys`` run a part).
+Writes a table to stdout and JSON to ``--json`` (default benchmarks/results/mixture*.json).
 """
 
 from __future__ import annotations
@@ -55,12 +57,30 @@ def make_problem(prior: GaussianMixturePrior, d: int, dy: int, g: torch.Generato
     return MatrixOperator(a), y, sigma_y
 
 
-def solvers(steps: int) -> dict:
+# RED-diff settings compared by ``--tune`` (on the tuning seeds only); the first is the one reported.
+REDDIFF_CANDIDATES = {
+    "lam1_lr3_cos_sqrt": dict(lam=1.0, lr=3.0, lr_schedule="cosine", weighting="sqrt"),
+    "lam1_lr3_cos": dict(lam=1.0, lr=3.0, lr_schedule="cosine"),
+    "lam1_lr1": dict(lam=1.0, lr=1.0),
+    "lam1_lr1_cos": dict(lam=1.0, lr=1.0, lr_schedule="cosine"),
+    "lam1_lr10_cos": dict(lam=1.0, lr=10.0, lr_schedule="cosine"),
+    "lam0.25_lr3_cos": dict(lam=0.25, lr=3.0, lr_schedule="cosine"),
+    "lam4_lr3_cos_const": dict(lam=4.0, lr=3.0, lr_schedule="cosine", weighting="const"),
+}
+
+
+def reddiff(steps: int, **settings) -> RedDiff:
+    return RedDiff(steps=steps, init="random", data_term="paper", **settings)
+
+
+def solvers(steps: int, tune: bool = False) -> dict:
+    if tune:
+        return {"reddiff:" + k: reddiff(steps, **v) for k, v in REDDIFF_CANDIDATES.items()}
     return {
         "ddrm": DDRM(steps=steps),
         "pigdm": PiGDM(steps=steps),
         "dps": DPS(steps=steps, zeta=0.3),
-        "reddiff": RedDiff(steps=steps, lam=1.0, lr=1.0, init="random", data_term="paper"),
+        "reddiff": reddiff(steps, **next(iter(REDDIFF_CANDIDATES.values()))),
     }
 
 
@@ -79,19 +99,44 @@ def reddiff_mode_stats(post, est: torch.Tensor, ref_lp: torch.Tensor) -> dict:
             "ref_logp_median": float(ref_lp.median())}
 
 
+def format_table(rows: list[dict], tune: bool) -> str:
+    """Sliced Wasserstein (mean ± s.e. over problems) per solver, and RED-diff's mode statistics."""
+    names = [k for k in rows[0] if k == "prior" or (k in solvers(1, tune))]
+    lines = ["sliced Wasserstein to the exact posterior (mean ± s.e. over problems; lower is better); "
+             "RED-diff: fraction of estimates inside a posterior mode, median posterior log-density "
+             "(exact samples' in brackets)"]
+    head = "| d | d_y | steps | " + " | ".join(names) + " | " + " | ".join(
+        f"{n} in-mode | {n} logp" for n in names if n.startswith("reddiff")) + " |"
+    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [f"{r[n]:.2f} ± {r[n + '_se']:.2f}" for n in names]
+        for n in names:
+            if n.startswith("reddiff"):
+                cells += [f"{r[n + '|in_mode']:.2f}", f"{r[n + '|logp_median']:.1f} [{r[n + '|ref_logp_median']:.1f}]"]
+        lines.append(f"| {r['d']} | {r['d_y']} | {r['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run (minutes on a CPU)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/mixture.json"))
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write JSON (default benchmarks/results/mixture[_quick|_tune].json)")
+    parser.add_argument("--dims", default=None, help="comma-separated d values (default 8,80,800; quick 8)")
+    parser.add_argument("--dys", default=None, help="comma-separated d_y values (default 1,2,4; quick 1,2)")
     parser.add_argument("--tune", action="store_true", help="use the tuning seeds (1000+) instead of the reported ones")
     args = parser.parse_args()
-    dims = [8] if args.quick else [8, 80, 800]
-    dys = [1, 2] if args.quick else [1, 2, 4]
+    dims = [int(v) for v in args.dims.split(",")] if args.dims else ([8] if args.quick else [8, 80, 800])
+    dys = [int(v) for v in args.dys.split(",")] if args.dys else ([1, 2] if args.quick else [1, 2, 4])
+    if args.json is None:
+        stem = "mixture" + ("_quick" if args.quick else "") + ("_tune" if args.tune else "")
+        args.json = Path("benchmarks/results") / (stem + ".json")
     problems = 3 if args.quick else 20
     n = 500 if args.quick else 2000
     step_list = [20, 100]
     offset = 1000 if args.tune else 0
     rows = []
+    t_start = time.perf_counter()
     for d in dims:
         for dy in dys:
             for steps in step_list:
@@ -104,35 +149,28 @@ def main() -> None:
                     ref = post.sample(n, g)
                     acc.setdefault("prior", []).append(sliced_wasserstein(prior.sample(n, g), ref))
                     problem = Problem(y.expand(n, dy).clone(), op, sigma_y)
-                    for name, solver in solvers(steps).items():
+                    for name, solver in solvers(steps, args.tune).items():
                         t0 = time.perf_counter()
-                        batch = problem if name != "reddiff" else Problem(y.expand(min(n, 200), dy).clone(), op,
-                                                                          sigma_y)
-                        out = solver(prior, batch, torch.Generator().manual_seed(p))
+                        out = solver(prior, problem, torch.Generator().manual_seed(p))
                         secs = time.perf_counter() - t0
                         acc.setdefault(name, []).append(sliced_wasserstein(out, ref))
                         acc.setdefault(name + "_s", []).append(secs)
-                        if name == "reddiff":
+                        if name.startswith("reddiff"):
                             for k, v in reddiff_mode_stats(post, out, post.log_prob(ref)).items():
-                                acc.setdefault("reddiff_" + k, []).append(v)
+                                acc.setdefault(f"{name}|{k}", []).append(v)
                 row = {"d": d, "d_y": dy, "steps": steps, "problems": problems, "samples": n}
                 for k, v in acc.items():
                     t = torch.tensor(v, dtype=F64)
                     row[k] = float(t.mean())
-                    if not k.endswith("_s") and "reddiff_" not in k:
+                    if not k.endswith("_s") and "|" not in k:
                         row[k + "_se"] = float(t.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
                 rows.append(row)
-    cols = ["prior", "ddrm", "pigdm", "dps", "reddiff"]
-    print("sliced Wasserstein to the exact posterior (mean ± s.e. over problems; lower is better)")
-    print(f"{'d':>4} {'d_y':>3} {'steps':>5} " + " ".join(f"{c:>14}" for c in cols)
-          + f" {'RD in-mode':>10} {'RD logp':>8} {'ref logp':>8}")
-    for r in rows:
-        cells = " ".join(f"{r[c]:>7.3f} ± {r[c + '_se']:<4.2f}" for c in cols)
-        print(f"{r['d']:>4} {r['d_y']:>3} {r['steps']:>5} {cells} {r['reddiff_in_mode']:>10.2f} "
-              f"{r['reddiff_logp_median']:>8.2f} {r['reddiff_ref_logp_median']:>8.2f}")
+                print(f"done d={d} d_y={dy} steps={steps} in {time.perf_counter() - t_start:.0f} s", flush=True)
+    print(format_table(rows, args.tune))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"setup": "MCGdiff Gaussian mixture", "quick": args.quick, "tune": args.tune,
-                                     "solvers": {s: {k: v.to_dict() for k, v in solvers(s).items()} for s in step_list},
+                                     "solvers": {s: {k: v.to_dict() for k, v in solvers(s, args.tune).items()}
+                                                 for s in step_list},
                                      "rows": rows}, indent=2))
 
 
