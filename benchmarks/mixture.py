@@ -125,7 +125,16 @@ def main() -> None:
     parser.add_argument("--dims", default=None, help="comma-separated d values (default 8,80,800; quick 8)")
     parser.add_argument("--dys", default=None, help="comma-separated d_y values (default 1,2,4; quick 1,2)")
     parser.add_argument("--tune", action="store_true", help="use the tuning seeds (1000+) instead of the reported ones")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="join the rows of partial runs' JSON files (--dims/--dys parts) into --json")
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(f.read_text()) for f in args.merge]
+        rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: (r["d"], r["d_y"], r["steps"]))
+        out = args.json or Path("benchmarks/results/mixture.json")
+        write_json(out, parts[0]["quick"], parts[0]["tune"], sorted({r["steps"] for r in rows}), rows)
+        print(format_table(rows, parts[0]["tune"]))
+        return
     dims = [int(v) for v in args.dims.split(",")] if args.dims else ([8] if args.quick else [8, 80, 800])
     dys = [int(v) for v in args.dys.split(",")] if args.dys else ([1, 2] if args.quick else [1, 2, 4])
     if args.json is None:
@@ -135,43 +144,51 @@ def main() -> None:
     n = 500 if args.quick else 2000
     step_list = [20, 100]
     offset = 1000 if args.tune else 0
-    rows = []
+    rows: list[dict] = []
     t_start = time.perf_counter()
     for d in dims:
         for dy in dys:
-            for steps in step_list:
-                acc: dict[str, list] = {}
-                for p in range(problems):
-                    g = torch.Generator().manual_seed(offset + 100 * p + 10 * dy + d)
-                    prior = make_prior(d, g)
-                    op, y, sigma_y = make_problem(prior, d, dy, g)
-                    post = prior.posterior(op, y, sigma_y)
-                    ref = post.sample(n, g)
-                    acc.setdefault("prior", []).append(sliced_wasserstein(prior.sample(n, g), ref))
-                    problem = Problem(y.expand(n, dy).clone(), op, sigma_y)
+            acc: dict[int, dict[str, list]] = {steps: {} for steps in step_list}
+            for p in range(problems):
+                # One problem per (d, d_y, p), shared by both step counts.
+                g = torch.Generator().manual_seed(offset + 100 * p + 10 * dy + d)
+                prior = make_prior(d, g)
+                op, y, sigma_y = make_problem(prior, d, dy, g)
+                post = prior.posterior(op, y, sigma_y)
+                ref = post.sample(n, g)
+                ref_lp = post.log_prob(ref)
+                prior_sw = sliced_wasserstein(prior.sample(n, g), ref)
+                problem = Problem(y.expand(n, dy).clone(), op, sigma_y)
+                for steps in step_list:
+                    a = acc[steps]
+                    a.setdefault("prior", []).append(prior_sw)
                     for name, solver in solvers(steps, args.tune).items():
                         t0 = time.perf_counter()
                         out = solver(prior, problem, torch.Generator().manual_seed(p))
-                        secs = time.perf_counter() - t0
-                        acc.setdefault(name, []).append(sliced_wasserstein(out, ref))
-                        acc.setdefault(name + "_s", []).append(secs)
+                        a.setdefault(name + "_s", []).append(time.perf_counter() - t0)
+                        a.setdefault(name, []).append(sliced_wasserstein(out, ref))
                         if name.startswith("reddiff"):
-                            for k, v in reddiff_mode_stats(post, out, post.log_prob(ref)).items():
-                                acc.setdefault(f"{name}|{k}", []).append(v)
+                            for k, v in reddiff_mode_stats(post, out, ref_lp).items():
+                                a.setdefault(f"{name}|{k}", []).append(v)
+            for steps in step_list:
                 row = {"d": d, "d_y": dy, "steps": steps, "problems": problems, "samples": n}
-                for k, v in acc.items():
+                for k, v in acc[steps].items():
                     t = torch.tensor(v, dtype=F64)
                     row[k] = float(t.mean())
                     if not k.endswith("_s") and "|" not in k:
                         row[k + "_se"] = float(t.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
                 rows.append(row)
-                print(f"done d={d} d_y={dy} steps={steps} in {time.perf_counter() - t_start:.0f} s", flush=True)
+            print(f"done d={d} d_y={dy} in {time.perf_counter() - t_start:.0f} s", flush=True)
+            write_json(args.json, args.quick, args.tune, step_list, rows)
     print(format_table(rows, args.tune))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"setup": "MCGdiff Gaussian mixture", "quick": args.quick, "tune": args.tune,
-                                     "solvers": {s: {k: v.to_dict() for k, v in solvers(s, args.tune).items()}
-                                                 for s in step_list},
-                                     "rows": rows}, indent=2))
+
+
+def write_json(path: Path, quick: bool, tune: bool, step_list: list[int], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"setup": "MCGdiff Gaussian mixture", "quick": quick, "tune": tune,
+                                "solvers": {s: {k: v.to_dict() for k, v in solvers(s, tune).items()}
+                                            for s in step_list},
+                                "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
