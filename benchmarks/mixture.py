@@ -117,6 +117,35 @@ def format_table(rows: list[dict], tune: bool) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Sliced Wasserstein per solver for every (d, d_y), one panel per step count (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in ("prior", "ddrm", "pigdm", "dps", "reddiff") if k in rows[0]]
+    step_list = sorted({r["steps"] for r in rows})
+    fig, axes = plt.subplots(1, len(step_list), figsize=(6 * len(step_list), 3.6), sharey=True, squeeze=False)
+    for ax, steps in zip(axes[0], step_list):
+        sub = [r for r in rows if r["steps"] == steps]
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(sub))]
+            ax.bar(xs, [r[name] for r in sub], width, yerr=[r[name + "_se"] for r in sub], label=name, capsize=2)
+        ax.set_xticks(range(len(sub)), [f"d={r['d']}\nd_y={r['d_y']}" for r in sub], fontsize=8)
+        ax.set_title(f"{steps} steps")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("sliced Wasserstein to the exact posterior")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run (minutes on a CPU)")
@@ -127,6 +156,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="use the tuning seeds (1000+) instead of the reported ones")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="join the rows of partial runs' JSON files (--dims/--dys parts) into --json")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the table as a bar chart (PNG)")
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(f.read_text()) for f in args.merge]
@@ -134,6 +164,8 @@ def main() -> None:
         out = args.json or Path("benchmarks/results/mixture.json")
         write_json(out, parts[0]["quick"], parts[0]["tune"], sorted({r["steps"] for r in rows}), rows)
         print(format_table(rows, parts[0]["tune"]))
+        if args.plot and not parts[0]["tune"]:
+            plot(rows, args.plot)
         return
     dims = [int(v) for v in args.dims.split(",")] if args.dims else ([8] if args.quick else [8, 80, 800])
     dys = [int(v) for v in args.dys.split(",")] if args.dys else ([1, 2] if args.quick else [1, 2, 4])
@@ -181,6 +213,8 @@ def main() -> None:
             print(f"done d={d} d_y={dy} in {time.perf_counter() - t_start:.0f} s", flush=True)
             write_json(args.json, args.quick, args.tune, step_list, rows)
     print(format_table(rows, args.tune))
+    if args.plot and not args.tune:
+        plot(rows, args.plot)
 
 
 def write_json(path: Path, quick: bool, tune: bool, step_list: list[int], rows: list[dict]) -> None:
