@@ -47,11 +47,11 @@ TASKS: dict[str, tuple[float, list[dict]]] = {
                                                               lr=(0.02,))),
     "deblur-gauss": (0.01, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(100, 200), lam=(0.25, 0.5, 1.0),
                                            lr=(0.03,))),
-    "denoise": (0.1, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(30, 60), lam=(2.0, 4.0, 8.0),
+    "denoise": (0.1, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(30, 60), lam=(4.0, 8.0, 16.0),
                                      lr=(0.02,))),
 }
 #: (training picture, top, left) of the sweep crops.
-CROPS = (("china", 150, 200), ("rocket", 100, 250))
+CROPS = (("china", 150, 200), ("rocket", 100, 250), ("flower", 100, 300))
 
 
 def crops(size: int) -> list[tuple[str, torch.Tensor]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -78,6 +79,8 @@ def test_bundled_prior_ships_with_presets_for_the_main_tasks(capsys):
     assert bundled_weights().stat().st_size <= 25 * 2**20
     presets = load_presets(bundled_weights())
     assert presets["provenance"]["script"] == "benchmarks/sweep_presets.py"
+    # the shipped presets were swept with the shipped weights (re-sweep after retraining)
+    assert presets["provenance"]["prior_sha256"] == hashlib.sha256(bundled_weights().read_bytes()).hexdigest()
     for task in ("sr:4", "inpaint-random:0.8", "deblur-gauss", "denoise"):
         chosen = preset_for(presets, task, 0.02)
         assert chosen and RedDiff(**chosen).steps == chosen["steps"]  # every preset is a valid solver
