@@ -248,6 +248,17 @@ def test_solve_with_other_solvers(capsys, tmp_path, small_image, prior_args, sol
     assert rec["network_evals"] >= 2
 
 
+def test_pigdm_guidance_scale_reaches_the_solver(capsys, tmp_path, small_image, prior_args):
+    code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "o",
+                       "--solver", "pigdm", "--steps", "2", "--guidance-scale", "0.25", *prior_args)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "o/coffee/run.json").read_text())
+    assert rec["solver"]["solver"] == "pigdm" and rec["solver"]["guidance_scale"] == 0.25
+    code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "p",
+                       "--solver", "dps", "--guidance-scale", "0.5", *prior_args)
+    _one_line_error(code, err, "--guidance-scale does not apply to --solver dps")
+
+
 def test_solver_options_are_checked(capsys, tmp_path, small_image, prior_args):
     code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "o",
                        "--solver", "ddrm", "--lr", "0.5", *prior_args)

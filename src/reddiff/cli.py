@@ -105,6 +105,7 @@ SOLVER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "eta": ("eta", ("dps", "pigdm", "ddrm", "ddim")),
     "eta_b": ("eta_b", ("ddrm",)),
     "zeta": ("zeta", ("dps",)),
+    "guidance_scale": ("guidance_scale", ("pigdm",)),
 }
 
 
@@ -145,6 +146,9 @@ def _add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None
                    help="η of DDIM-style updates (default: dps 1.0, pigdm 1.0, ddrm 0.85, ddim 0.0)")
     g.add_argument("--eta-b", type=_nonneg_float, default=None, help="DDRM η_b (default: 1.0)")
     g.add_argument("--zeta", type=_nonneg_float, default=None, help="DPS step size ζ (default: 1.0)")
+    g.add_argument("--guidance-scale", type=_nonneg_float, default=None,
+                   help="ΠGDM guidance multiplier; 1 is the exact ΠGDM likelihood score, smaller values tame a "
+                   "prior whose high-noise Jacobian is poor (default: 1.0)")
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
