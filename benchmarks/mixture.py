@@ -12,12 +12,13 @@ Hyperparameters (never chosen on the reported seeds 0..P-1; ``--tune`` runs the 
 DDRM eta = 0.85, eta_b = 1 (paper defaults); ΠGDM eta = 1, guidance scale 1 (defaults); DPS zeta = 0.3 (picked on
 the separate 2-D mixture of tests/test_solvers.py, where the paper's 1.0 overshoots; not swept here);
 RED-diff lam = 1, lr = 3 with cosine decay, sqrt weighting, init = random, data_term = paper: the best mean sliced
-Wasserstein and in-mode fraction among ``REDDIFF_CANDIDATES`` on the tuning seeds
+Wasserstein (and an in-mode fraction within 0.001 of the best) among ``REDDIFF_CANDIDATES`` on the tuning seeds
 (``python benchmarks/mixture.py --quick --tune --dims 8,80 --dys 1,2,4``, results/mixture_quick_tune.json). The paper's
 lam = 0.25, lr = 0.1, init = pinv barely move in 20-100 steps when the modes are 8-16 units apart.
 
 Usage: ``python benchmarks/mixture.py --quick`` (d = 8, d_y in {1, 2}, 3 problems, 500 samples, 20 and 100 steps),
-or without ``--quick`` for the full table (about 100 minutes on one CPU thread; ``--dims``/``--dys`` run a part).
+or without ``--quick`` for the full table (about 90 CPU-minutes; ``--dims``/``--dys`` run a part, ``--merge`` joins
+the parts).
 Writes a table to stdout and JSON to ``--json`` (default benchmarks/results/mixture*.json).
 """
 
@@ -84,19 +85,21 @@ def solvers(steps: int, tune: bool = False) -> dict:
     }
 
 
-def reddiff_mode_stats(post, est: torch.Tensor, ref_lp: torch.Tensor) -> dict:
-    d = est.shape[1]
-    radius2 = chi2.ppf(0.99, d)
+def mode_regions(post) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, precision) of every posterior component with weight >= 1 %: the modes RED-diff should land in."""
+    d = post.means.shape[1]
+    return [(post.means[k], torch.linalg.inv(post.covariances[k] + 1e-12 * torch.eye(d, dtype=F64)))
+            for k in range(post.num_components) if float(post.weights[k]) >= 0.01]
+
+
+def reddiff_mode_stats(post, regions: list, est: torch.Tensor, ref_lp_median: float) -> dict:
+    radius2 = chi2.ppf(0.99, est.shape[1])
     inside = torch.zeros(est.shape[0], dtype=torch.bool)
-    for k in range(post.num_components):
-        if float(post.weights[k]) < 0.01:
-            continue
-        diff = est - post.means[k]
-        maha = (diff @ torch.linalg.inv(post.covariances[k] + 1e-12 * torch.eye(d, dtype=F64)) * diff).sum(1)
-        inside |= maha <= radius2
-    lp = post.log_prob(est)
-    return {"in_mode": float(inside.double().mean()), "logp_median": float(lp.median()),
-            "ref_logp_median": float(ref_lp.median())}
+    for mean, precision in regions:
+        diff = est - mean
+        inside |= (diff @ precision * diff).sum(1) <= radius2
+    return {"in_mode": float(inside.double().mean()), "logp_median": float(post.log_prob(est).median()),
+            "ref_logp_median": ref_lp_median}
 
 
 def format_table(rows: list[dict], tune: bool) -> str:
@@ -163,9 +166,7 @@ def main() -> None:
         rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: (r["d"], r["d_y"], r["steps"]))
         out = args.json or Path("benchmarks/results/mixture.json")
         write_json(out, parts[0]["quick"], parts[0]["tune"], sorted({r["steps"] for r in rows}), rows)
-        print(format_table(rows, parts[0]["tune"]))
-        if args.plot and not parts[0]["tune"]:
-            plot(rows, args.plot)
+        report(rows, parts[0]["tune"], args.plot)
         return
     dims = [int(v) for v in args.dims.split(",")] if args.dims else ([8] if args.quick else [8, 80, 800])
     dys = [int(v) for v in args.dys.split(",")] if args.dys else ([1, 2] if args.quick else [1, 2, 4])
@@ -188,7 +189,8 @@ def main() -> None:
                 op, y, sigma_y = make_problem(prior, d, dy, g)
                 post = prior.posterior(op, y, sigma_y)
                 ref = post.sample(n, g)
-                ref_lp = post.log_prob(ref)
+                ref_lp_median = float(post.log_prob(ref).median())
+                regions = mode_regions(post)
                 prior_sw = sliced_wasserstein(prior.sample(n, g), ref)
                 problem = Problem(y.expand(n, dy).clone(), op, sigma_y)
                 for steps in step_list:
@@ -200,7 +202,7 @@ def main() -> None:
                         a.setdefault(name + "_s", []).append(time.perf_counter() - t0)
                         a.setdefault(name, []).append(sliced_wasserstein(out, ref))
                         if name.startswith("reddiff"):
-                            for k, v in reddiff_mode_stats(post, out, ref_lp).items():
+                            for k, v in reddiff_mode_stats(post, regions, out, ref_lp_median).items():
                                 a.setdefault(f"{name}|{k}", []).append(v)
             for steps in step_list:
                 row = {"d": d, "d_y": dy, "steps": steps, "problems": problems, "samples": n}
@@ -212,9 +214,13 @@ def main() -> None:
                 rows.append(row)
             print(f"done d={d} d_y={dy} in {time.perf_counter() - t_start:.0f} s", flush=True)
             write_json(args.json, args.quick, args.tune, step_list, rows)
-    print(format_table(rows, args.tune))
-    if args.plot and not args.tune:
-        plot(rows, args.plot)
+    report(rows, args.tune, args.plot)
+
+
+def report(rows: list[dict], tune: bool, plot_path: Path | None) -> None:
+    print(format_table(rows, tune))
+    if plot_path is not None and not tune:
+        plot(rows, plot_path)
 
 
 def write_json(path: Path, quick: bool, tune: bool, step_list: list[int], rows: list[dict]) -> None:
