@@ -14,7 +14,7 @@ from reddiff.cli import main
 from reddiff.data import HELD_OUT, TRAIN_SKIMAGE, CropSampler, dead_leaves
 from reddiff.networks.adm import create_model
 from reddiff.schedule import VPSchedule
-from reddiff.train import TrainConfig, train
+from reddiff.train import TrainConfig, draw_timesteps, train
 
 TINY = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "",
         "learn_sigma": False, "use_scale_shift_norm": True, "resblock_updown": True}
@@ -130,6 +130,24 @@ def test_dead_leaves_covers_the_image():
     im = dead_leaves(64, np.random.default_rng(0))
     assert im.shape == (64, 64, 3) and im.dtype == np.uint8
     assert len(np.unique(im.reshape(-1, 3), axis=0)) > 20
+
+
+def test_low_noise_timestep_emphasis(tmp_path, folder):
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw_timesteps(16, 1000, 0.5, 200, g) for _ in range(400)])
+    assert draws.min() >= 0 and draws.max() < 1000
+    assert draws[:, :8].max() < 200  # the low-noise half
+    assert abs(float((draws[:, 8:] < 200).float().mean()) - 0.2) < 0.03  # the rest stays uniform
+    assert torch.equal(draw_timesteps(16, 1000, 0.0, 200, torch.Generator().manual_seed(5)),
+                       torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ReddiffError, match="low_t must be a fraction"):
+        _cfg(tmp_path, folder, low_t=1.5).validate()
+    with pytest.raises(ReddiffError, match="low_t_max must be in"):
+        _cfg(tmp_path, folder, low_t_max=0).validate()
+    # a low-noise fine-tuning phase may follow a uniform one in the same run
+    train(_cfg(tmp_path, folder, steps=3), progress=False)
+    summary = train(_cfg(tmp_path, folder, steps=5, low_t=0.5, low_t_max=50), resume=True, progress=False)
+    assert summary["steps"] == 5 and summary["config"]["low_t"] == 0.5
 
 
 def test_cli_train_bad_input_and_run(tmp_path, folder, capsys):

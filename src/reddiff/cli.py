@@ -334,6 +334,11 @@ def _add_train_parser(sub: Any) -> None:
                     help="steps between checkpoints (default: %(default)s)")
     tr.add_argument("--deadleaves", type=_nonneg_float, default=d.deadleaves,
                     help="fraction of crops from generated dead-leaves images (default: %(default)s)")
+    tr.add_argument("--low-t", type=_nonneg_float, default=d.low_t,
+                    help="fraction of each batch with timesteps below --low-t-max, more signal where the presets "
+                         "work (default: %(default)s)")
+    tr.add_argument("--low-t-max", type=_pos_int, default=d.low_t_max,
+                    help="upper end of the low-noise timestep range (default: %(default)s)")
     tr.add_argument("--channels", type=_pos_int, default=DEFAULT_MODEL["num_channels"],
                     help="ADM base channels, a multiple of 32 (default: %(default)s)")
     tr.add_argument("--channel-mult", default=DEFAULT_MODEL["channel_mult"],
@@ -948,8 +953,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         out=args.output, data=args.data, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, deadleaves=args.deadleaves, device=args.device,
-        model=model,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, deadleaves=args.deadleaves, low_t=args.low_t,
+        low_t_max=args.low_t_max, device=args.device, model=model,
     )
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     if args.json:

@@ -63,6 +63,10 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints.
         deadleaves: fraction of crops drawn from procedurally generated dead-leaves images (0 = none).
         deadleaves_images: how many dead-leaves images to generate.
+        low_t: fraction of each batch whose timesteps are drawn from ``[0, low_t_max)`` instead of ``[0, T)``:
+            more training signal where RED-diff's presets work (they start at t <= 100), while every t stays trained.
+            It may change between resumed runs (a fine-tuning phase).
+        low_t_max: upper end (exclusive) of the low-noise timestep range.
         device: ``auto`` (CUDA when available, with bf16 autocast), ``cpu`` or ``cuda[:N]``.
         model: ADM ``create_model`` arguments.
     """
@@ -81,6 +85,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     deadleaves: float = 0.0
     deadleaves_images: int = 32
+    low_t: float = 0.0
+    low_t_max: int = 200
     device: str = "auto"
     model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
 
@@ -95,8 +101,22 @@ class TrainConfig:
             raise ReddiffError(f"ema decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.deadleaves <= 1:
             raise ReddiffError(f"deadleaves must be a fraction in [0, 1], got {self.deadleaves}")
+        if not 0 <= self.low_t <= 1:
+            raise ReddiffError(f"low_t must be a fraction in [0, 1], got {self.low_t}")
+        if not 1 <= self.low_t_max <= 1000:
+            raise ReddiffError(f"low_t_max must be in [1, 1000], got {self.low_t_max}")
         if self.grad_clip <= 0 or self.warmup < 0 or self.weight_decay < 0:
             raise ReddiffError("grad_clip must be > 0, warmup and weight_decay >= 0")
+
+
+def draw_timesteps(batch: int, T: int, low_t: float, low_t_max: int, generator: torch.Generator) -> torch.Tensor:  # noqa: N803
+    """Training timesteps: uniform over ``[0, T)``, except the first ``round(low_t * batch)`` of the batch, which
+    are uniform over ``[0, min(low_t_max, T))``."""
+    t = torch.randint(0, T, (batch,), generator=generator)
+    n_low = round(low_t * batch)
+    if n_low:
+        t[:n_low] = torch.randint(0, min(low_t_max, T), (n_low,), generator=generator)
+    return t
 
 
 def _device(spec: str) -> torch.device:
@@ -249,7 +269,7 @@ def train(
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
     while step < cfg.steps:
         x0 = sampler.sample(cfg.batch_size).to(device)
-        t = torch.randint(0, T, (cfg.batch_size,), generator=torch_gen)
+        t = draw_timesteps(cfg.batch_size, T, cfg.low_t, cfg.low_t_max, torch_gen)
         eps = torch.randn(x0.shape, generator=torch_gen).to(device)
         a = abar[t].view(-1, 1, 1, 1).to(device)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
