@@ -254,9 +254,17 @@ def test_pigdm_guidance_scale_reaches_the_solver(capsys, tmp_path, small_image, 
     assert code == 0, err
     rec = json.loads((tmp_path / "o/coffee/run.json").read_text())
     assert rec["solver"]["solver"] == "pigdm" and rec["solver"]["guidance_scale"] == 0.25
+    assert rec["solver"]["clip_x0"] is True
+    code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "q",
+                       "--solver", "pigdm", "--steps", "2", "--no-clip-x0", *prior_args)
+    assert code == 0, err
+    assert json.loads((tmp_path / "q/coffee/run.json").read_text())["solver"]["clip_x0"] is False
     code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "p",
                        "--solver", "dps", "--guidance-scale", "0.5", *prior_args)
     _one_line_error(code, err, "--guidance-scale does not apply to --solver dps")
+    code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", tmp_path / "p",
+                       "--solver", "ddrm", "--no-clip-x0", *prior_args)
+    _one_line_error(code, err, "--no-clip-x0 does not apply to --solver ddrm")
 
 
 def test_solver_options_are_checked(capsys, tmp_path, small_image, prior_args):

@@ -93,6 +93,15 @@ def test_predict_tweedie_and_learned_sigma():
         assert prior.num_evals == 1
 
 
+def test_data_range_defaults_to_images_and_is_checked():
+    assert DiffusionPrior(ScaleNet()).data_range == (-1.0, 1.0)
+    assert DiffusionPrior(ScaleNet(), data_range=None).data_range is None
+    assert DiffusionPrior(ScaleNet(), data_range=(0, 255)).data_range == (0.0, 255.0)
+    for bad in [(1.0, -1.0), (0.0, float("nan")), (2.0, 2.0)]:
+        with pytest.raises(ReddiffError, match="data_range must be two finite numbers"):
+            DiffusionPrior(ScaleNet(), data_range=bad)
+
+
 def test_learned_sigma_misconfigured_is_an_error():
     prior = DiffusionPrior(ScaleNet(learned_sigma=True))
     with pytest.raises(ReddiffError, match="learned_sigma"):

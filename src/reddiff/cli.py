@@ -106,6 +106,7 @@ SOLVER_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "eta_b": ("eta_b", ("ddrm",)),
     "zeta": ("zeta", ("dps",)),
     "guidance_scale": ("guidance_scale", ("pigdm",)),
+    "no_clip_x0": ("clip_x0", ("pigdm",)),
 }
 
 
@@ -147,8 +148,10 @@ def _add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None
     g.add_argument("--eta-b", type=_nonneg_float, default=None, help="DDRM η_b (default: 1.0)")
     g.add_argument("--zeta", type=_nonneg_float, default=None, help="DPS step size ζ (default: 1.0)")
     g.add_argument("--guidance-scale", type=_nonneg_float, default=None,
-                   help="ΠGDM guidance multiplier; 1 is the exact ΠGDM likelihood score, smaller values tame a "
-                   "prior whose high-noise Jacobian is poor (default: 1.0)")
+                   help="ΠGDM guidance multiplier; 1 is the exact ΠGDM likelihood score (default: 1.0)")
+    g.add_argument("--no-clip-x0", action="store_const", const=False, default=None,
+                   help="ΠGDM: do not clip its Tweedie estimate to the prior's data range ([-1, 1] for images); "
+                   "the clip keeps small priors from diverging at high noise (default: clip)")
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:

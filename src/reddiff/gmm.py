@@ -260,7 +260,7 @@ class GaussianMixturePrior(DiffusionPrior):
         mixture = GaussianMixture(means, covariances, weights)
         network = GaussianMixtureDenoiser(mixture.means, mixture.covariances, mixture.weights, schedule.abar)
         super().__init__(network, schedule, info={"name": "gaussian-mixture", "components": mixture.num_components,
-                                                  "dim": mixture.dim})
+                                                  "dim": mixture.dim}, data_range=None)
         self.mixture = mixture
 
     @property

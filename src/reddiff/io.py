@@ -187,6 +187,18 @@ def _resize_nearest(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(img.unsqueeze(0), size=size, mode="nearest")[0]
 
 
+def _label_font(image_font: Any) -> tuple[Any, bool]:
+    """DejaVu Sans (Greek letters included) when matplotlib ships it, else Pillow's default font (Latin only)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return image_font.truetype(str(path), 11), True
+    return image_font.load_default(), False
+
+
 def make_grid(
     images: Sequence[torch.Tensor],
     labels: Sequence[str] | None = None,
@@ -215,8 +227,9 @@ def make_grid(
     arr = to_uint8(canvas)
     pil = Image.fromarray(arr)
     draw = ImageDraw.Draw(pil)
-    font = ImageFont.load_default()
+    font, full_unicode = _label_font(ImageFont)
     for i, text in enumerate(labels):
-        draw.text((pad + i * (w + pad), 1), str(text)[: max(4, w // 6)], fill=(0, 0, 0), font=font)
+        text = str(text) if full_unicode else str(text).replace("Π", "Pi")
+        draw.text((pad + i * (w + pad), 1), text[: max(4, w // 6)], fill=(0, 0, 0), font=font)
     out = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return from_unit(out)

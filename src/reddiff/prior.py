@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class DiffusionPrior(nn.Module):
         schedule: the VP schedule the network was trained with (default: linear betas, T = 1000).
         learned_sigma: the network outputs 2C channels, of which the first C are ε.
         info: free-form provenance (name, path, sha256, config) recorded in run files.
+        data_range: ``(low, high)`` bounds of every coordinate of the clean data (images: ``(-1, 1)``, the
+            default), or None when the data are unbounded. ``E[x0 | x_t]`` lies within the same bounds, so samplers
+            may clip their Tweedie estimates to them (ΠGDM does by default).
     """
 
     def __init__(
@@ -45,12 +49,19 @@ class DiffusionPrior(nn.Module):
         schedule: VPSchedule | None = None,
         learned_sigma: bool = False,
         info: dict[str, Any] | None = None,
+        data_range: tuple[float, float] | None = (-1.0, 1.0),
     ) -> None:
         super().__init__()
         self.network = network
         self.schedule = schedule if schedule is not None else VPSchedule()
         self.learned_sigma = bool(learned_sigma)
         self.info: dict[str, Any] = dict(info or {})
+        if data_range is not None:
+            low, high = (float(v) for v in data_range)
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ReddiffError(f"data_range must be two finite numbers low < high or None, got {data_range!r}")
+            data_range = (low, high)
+        self.data_range: tuple[float, float] | None = data_range
         self.register_buffer("abar", self.schedule.abar.clone(), persistent=False)
         #: number of network evaluations so far (one per sample batch); reset freely.
         self.num_evals = 0

@@ -14,7 +14,7 @@ from ..errors import SolverError
 __all__ = ["Problem", "StepInfo", "Callback", "SolverRecord", "GeneratorLike", "per_sample_generators",
            "randn_like_per_sample", "require_capabilities", "check_finite"]
 
-GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
+GeneratorLike = torch.Generator | Sequence[torch.Generator] | int | None
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.de
     """The noise streams of a batch.
 
     Args:
-        generator: ``None`` (a fresh, nondeterministic stream), one generator (the whole batch's noise is drawn from
+        generator: ``None`` (a fresh, nondeterministic stream), an integer seed (one CPU generator seeded with it),
+            one generator (the whole batch's noise is drawn from
             it at once: deterministic and fast, but a sample's draws depend on its position in the batch), or a
             sequence of ``batch`` generators, one per sample (a sample's result then does not depend on the batch
             it ran in; what the CLI uses, one per image).
@@ -111,7 +112,17 @@ def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.de
         return [torch.Generator(device=gen_device).manual_seed(seed)]
     if isinstance(generator, torch.Generator):
         return [generator]
-    gens = list(generator)
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return [torch.Generator().manual_seed(generator)]
+    try:
+        gens = list(generator)
+    except TypeError:
+        kind = type(generator).__name__
+        raise SolverError(
+            f"generator must be None, an integer seed, a torch.Generator or one per sample, got {kind}"
+        ) from None
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise SolverError("a sequence of generators must hold torch.Generator objects, one per sample")
     if len(gens) != batch:
         raise SolverError(f"got {len(gens)} generators for a batch of {batch}; pass one per sample")
     return gens

@@ -170,7 +170,7 @@ class DDIM(SolverRecord):
         Args:
             prior: a :class:`reddiff.DiffusionPrior`.
             shape: ``(B, ...)``.
-            generator: a ``torch.Generator``, one per sample, or None.
+            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
             callback: called with a :class:`StepInfo` after every step.
             dtype: dtype of the samples.
             device: device of the samples (default: CPU).

@@ -74,7 +74,7 @@ class DDRM(SolverRecord):
         Args:
             prior: a :class:`reddiff.DiffusionPrior`.
             problem: the measurement, an SVD-structured operator and ``sigma_y``.
-            generator: a ``torch.Generator``, one per sample, or None.
+            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
             callback: called with a :class:`StepInfo` (``x`` = ``x0_hat``) after every step.
 
         Raises:

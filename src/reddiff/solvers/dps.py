@@ -64,7 +64,7 @@ class DPS(SolverRecord):
         Args:
             prior: a :class:`reddiff.DiffusionPrior` (differentiable network).
             problem: the measurement, operator (any operator with a differentiable ``A``) and ``sigma_y``.
-            generator: a ``torch.Generator``, one per sample, or None.
+            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
             callback: called with a :class:`StepInfo` (``x`` = ``x0_hat``) after every step.
         """
         op, y = problem.operator, problem.y

@@ -204,7 +204,8 @@ class RedDiff(SolverRecord):
         Args:
             prior: a :class:`reddiff.DiffusionPrior`.
             problem: the measurement, operator and ``sigma_y``.
-            generator: randomness: a ``torch.Generator``, one per sample (batch-independent results), or None.
+            generator: randomness: a ``torch.Generator``, one per sample (batch-independent results), an integer seed,
+                or None.
             callback: called with a :class:`StepInfo` after every step.
 
         Raises:
