@@ -14,7 +14,7 @@ from reddiff.cli import main
 from reddiff.data import HELD_OUT, TRAIN_SKIMAGE, CropSampler, dead_leaves
 from reddiff.networks.adm import create_model
 from reddiff.schedule import VPSchedule
-from reddiff.train import TrainConfig, draw_timesteps, train
+from reddiff.train import TrainConfig, draw_timesteps, learning_rate, train
 
 TINY = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "",
         "learn_sigma": False, "use_scale_shift_norm": True, "resblock_updown": True}
@@ -148,6 +148,17 @@ def test_low_noise_timestep_emphasis(tmp_path, folder):
     train(_cfg(tmp_path, folder, steps=3), progress=False)
     summary = train(_cfg(tmp_path, folder, steps=5, low_t=0.5, low_t_max=50), resume=True, progress=False)
     assert summary["steps"] == 5 and summary["config"]["low_t"] == 0.5
+
+
+def test_learning_rate_warmup_and_cooldown(tmp_path, folder):
+    cfg = _cfg(tmp_path, folder, steps=100, lr=1.0, warmup=10, cooldown=20)
+    rates = [learning_rate(cfg, s) for s in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == 1.0 and rates[79] == 1.0
+    assert rates[80] == pytest.approx(20 / 21) and rates[99] == pytest.approx(1 / 21)
+    assert all(a > b for a, b in zip(rates[80:], rates[81:]))
+    assert [learning_rate(_cfg(tmp_path, folder, steps=100, lr=1.0, warmup=0), s) for s in (0, 99)] == [1.0, 1.0]
+    with pytest.raises(ReddiffError, match="cooldown must be between 0 and steps"):
+        _cfg(tmp_path, folder, steps=10, cooldown=11).validate()
 
 
 def test_cli_train_bad_input_and_run(tmp_path, folder, capsys):

@@ -340,6 +340,8 @@ def _add_train_parser(sub: Any) -> None:
     tr.add_argument("--low-t", type=_nonneg_float, default=d.low_t,
                     help="fraction of each batch with timesteps below --low-t-max, more signal where the presets "
                          "work (default: %(default)s)")
+    tr.add_argument("--cooldown", type=_nonneg_int, default=d.cooldown,
+                    help="linear learning-rate decay to 0 over the last N steps (default: %(default)s)")
     tr.add_argument("--low-t-max", type=_pos_int, default=d.low_t_max,
                     help="upper end of the low-noise timestep range (default: %(default)s)")
     tr.add_argument("--channels", type=_pos_int, default=DEFAULT_MODEL["num_channels"],
@@ -957,7 +959,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out=args.output, data=args.data, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
         seed=args.seed, checkpoint_every=args.checkpoint_every, deadleaves=args.deadleaves, low_t=args.low_t,
-        low_t_max=args.low_t_max, device=args.device, model=model,
+        low_t_max=args.low_t_max, cooldown=args.cooldown, device=args.device, model=model,
     )
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     if args.json:

@@ -67,6 +67,8 @@ class TrainConfig:
             more training signal where RED-diff's presets work (they start at t <= 100), while every t stays trained.
             It may change between resumed runs (a fine-tuning phase).
         low_t_max: upper end (exclusive) of the low-noise timestep range.
+        cooldown: the learning rate decays linearly to zero over the last ``cooldown`` steps of ``steps`` (0 = a
+            constant rate after warm-up). May change between resumed runs.
         device: ``auto`` (CUDA when available, with bf16 autocast), ``cpu`` or ``cuda[:N]``.
         model: ADM ``create_model`` arguments.
     """
@@ -87,6 +89,7 @@ class TrainConfig:
     deadleaves_images: int = 32
     low_t: float = 0.0
     low_t_max: int = 200
+    cooldown: int = 0
     device: str = "auto"
     model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
 
@@ -103,6 +106,8 @@ class TrainConfig:
             raise ReddiffError(f"deadleaves must be a fraction in [0, 1], got {self.deadleaves}")
         if not 0 <= self.low_t <= 1:
             raise ReddiffError(f"low_t must be a fraction in [0, 1], got {self.low_t}")
+        if not 0 <= int(self.cooldown) <= int(self.steps):
+            raise ReddiffError(f"cooldown must be between 0 and steps ({self.steps}), got {self.cooldown}")
         if not 1 <= self.low_t_max <= 1000:
             raise ReddiffError(f"low_t_max must be in [1, 1000], got {self.low_t_max}")
         if self.grad_clip <= 0 or self.warmup < 0 or self.weight_decay < 0:
@@ -117,6 +122,15 @@ def draw_timesteps(batch: int, T: int, low_t: float, low_t_max: int, generator: 
     if n_low:
         t[:n_low] = torch.randint(0, min(low_t_max, T), (n_low,), generator=generator)
     return t
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The rate of step ``step`` (0-based): linear warm-up, constant, then a linear cooldown to 0 if asked."""
+    rate = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    start = cfg.steps - cfg.cooldown
+    if cfg.cooldown and step >= start:
+        rate *= (cfg.steps - step) / (cfg.cooldown + 1)
+    return rate
 
 
 def _device(spec: str) -> torch.device:
@@ -274,7 +288,7 @@ def train(
         a = abar[t].view(-1, 1, 1, 1).to(device)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            group["lr"] = learning_rate(cfg, step)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
             pred = model(x_t, t.to(device))
         loss = (pred.float() - eps).pow(2).mean()
