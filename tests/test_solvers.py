@@ -316,3 +316,29 @@ def test_pigdm_stays_stable_on_the_bundled_prior_and_matches_ddrm(task, sigma_y)
     reference = DDRM(steps=50)(prior, problem, gen(2))
     assert psnr(out) > psnr(reference) - 1.5
     assert psnr(out) > psnr(op.A_adjoint(y)) + 4
+
+
+TASKS_32 = ["denoise", "inpaint-box", "inpaint-center", "inpaint-half", "inpaint-random:0.8", "inpaint-freeform",
+            "sr:4", "bicubic:2", "deblur-gauss", "deblur-uniform:5", "deblur-motion:0.5", "colorize",
+            "phase-retrieval", "hdr", "jpeg:50", "quantize:4", "cs:0.25", "sr:2+inpaint-random:0.5"]
+
+
+@pytest.mark.parametrize("task", TASKS_32)
+def test_every_solver_runs_on_every_task_it_can_handle(tiny_adm, task):
+    """A solver either runs (finite, right shape) or refuses in one line; ΠGDM runs wherever A has an adjoint,
+    DDRM wherever it has an SVD."""
+    op = make_operator(task, (3, 32, 32), generator=gen(7))
+    x = torch.rand(1, 3, 32, 32, generator=gen(8)) * 2 - 1
+    clean = op.A(x)
+    problem = Problem(clean + 0.02 * torch.randn(clean.shape, generator=gen(9)), op, 0.02)
+    has_svd = all(callable(getattr(op, m, None)) for m in ("singulars", "Vt", "V", "Ut", "U"))
+    expect = {"ddim": True, "dps": True, "pigdm": callable(getattr(op, "A_adjoint", None)), "ddrm": has_svd}
+    for name, solver in (("ddim", DDIM(steps=2)), ("dps", DPS(steps=2)), ("pigdm", PiGDM(steps=2)),
+                         ("ddrm", DDRM(steps=2))):
+        if expect[name]:
+            out = solver(tiny_adm, problem, gen(10))
+            assert out.shape == x.shape and torch.isfinite(out).all(), (task, name)
+        else:
+            with pytest.raises(SolverError, match="cannot use operator") as err:
+                solver(tiny_adm, problem, gen(10))
+            assert "\n" not in str(err.value)
