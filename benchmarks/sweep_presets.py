@@ -42,11 +42,11 @@ PAPER = {"lam": 0.25, "lr": 0.1, "weighting": "linear", "init": "pinv", "lr_sche
 REFINE = {"weighting": "linear", "init": "classical", "lr_schedule": "cosine"}
 #: task -> (noise in 0..1 pixel units, candidate settings)
 TASKS: dict[str, tuple[float, list[dict]]] = {
-    "sr:4": (0.01, [PAPER] + _grid(REFINE, t_max=(100, 200), lam=(0.25, 0.5, 1.0), lr=(0.03,))),
-    "inpaint-random:0.8": (0.0, [{**PAPER, "lr": 0.5}] + _grid(REFINE, t_max=(25, 50), lam=(0.5, 1.0, 2.0),
+    "sr:4": (0.01, [PAPER] + _grid(REFINE, t_max=(50, 100), lam=(0.01, 0.025, 0.05, 0.1, 0.25), lr=(0.03,))),
+    "inpaint-random:0.8": (0.0, [{**PAPER, "lr": 0.5}] + _grid(REFINE, t_max=(25, 50), lam=(0.1, 0.25, 0.5, 1.0),
                                                               lr=(0.02,))),
-    "deblur-gauss": (0.01, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(100, 200), lam=(0.25, 0.5, 1.0),
-                                           lr=(0.03,))),
+    "deblur-gauss": (0.01, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(50, 100),
+                                           lam=(0.01, 0.025, 0.05, 0.1, 0.25), lr=(0.03,))),
     "denoise": (0.1, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(30, 60), lam=(4.0, 8.0, 16.0),
                                      lr=(0.02,))),
 }
