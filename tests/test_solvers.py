@@ -178,6 +178,17 @@ def _mixture_problem(n: int):
     return prior, post, Problem(y.expand(n, 1).clone(), op, 0.5)
 
 
+def test_clip_x0_follows_the_prior_data_range():
+    prior, _, problem = _mixture_problem(200)  # an unbounded prior: clip_x0 leaves the estimates alone
+    solver = RedDiff(steps=20, lr=0.5, init="random")
+    free = solver(prior, problem, gen(3))
+    assert float(free.abs().max()) > 1
+    torch.testing.assert_close(RedDiff(steps=20, lr=0.5, init="random", clip_x0=True)(prior, problem, gen(3)), free)
+    prior.data_range = (-1.0, 1.0)  # the same prior declared bounded: the estimates are clamped
+    clipped = RedDiff(steps=20, lr=0.5, init="random", clip_x0=True)(prior, problem, gen(3))
+    torch.testing.assert_close(clipped, free.clamp(-1, 1))
+
+
 @pytest.mark.parametrize(
     "solver,ratio",
     [(DDRM(), 0.2), (PiGDM(steps=50), 0.2), (DPS(steps=100, zeta=0.3), 0.35)],

@@ -340,10 +340,10 @@ def _add_train_parser(sub: Any) -> None:
     tr.add_argument("--low-t", type=_nonneg_float, default=d.low_t,
                     help="fraction of each batch with timesteps below --low-t-max, more signal where the presets "
                          "work (default: %(default)s)")
-    tr.add_argument("--cooldown", type=_nonneg_int, default=d.cooldown,
-                    help="linear learning-rate decay to 0 over the last N steps (default: %(default)s)")
     tr.add_argument("--low-t-max", type=_pos_int, default=d.low_t_max,
                     help="upper end of the low-noise timestep range (default: %(default)s)")
+    tr.add_argument("--cooldown", type=_nonneg_int, default=d.cooldown,
+                    help="linear learning-rate decay towards 0 over the last N steps (default: %(default)s)")
     tr.add_argument("--channels", type=_pos_int, default=DEFAULT_MODEL["num_channels"],
                     help="ADM base channels, a multiple of 32 (default: %(default)s)")
     tr.add_argument("--channel-mult", default=DEFAULT_MODEL["channel_mult"],

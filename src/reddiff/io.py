@@ -8,6 +8,7 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -187,16 +188,19 @@ def _resize_nearest(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(img.unsqueeze(0), size=size, mode="nearest")[0]
 
 
-def _label_font(image_font: Any) -> tuple[Any, bool]:
+@functools.cache
+def _label_font() -> tuple[Any, bool]:
     """DejaVu Sans (Greek letters included) when matplotlib ships it, else Pillow's default font (Latin only)."""
     import importlib.util
+
+    from PIL import ImageFont
 
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.origin:
         path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
         if path.is_file():
-            return image_font.truetype(str(path), 11), True
-    return image_font.load_default(), False
+            return ImageFont.truetype(str(path), 11), True
+    return ImageFont.load_default(), False
 
 
 def make_grid(
@@ -210,7 +214,7 @@ def make_grid(
     Each image (``[C, H, W]`` or ``[1, C, H, W]``, C = 1 or 3, any size) is resized (nearest) to the height and
     width of the largest one, so small measurements (super-resolution) show at the estimate's scale.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     tiles = [(im[0] if im.dim() == 4 else im).detach().float().cpu() for im in images]
     tiles = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in tiles]
@@ -227,7 +231,7 @@ def make_grid(
     arr = to_uint8(canvas)
     pil = Image.fromarray(arr)
     draw = ImageDraw.Draw(pil)
-    font, full_unicode = _label_font(ImageFont)
+    font, full_unicode = _label_font()
     for i, text in enumerate(labels):
         text = str(text) if full_unicode else str(text).replace("Π", "Pi")
         draw.text((pad + i * (w + pad), 1), text[: max(4, w // 6)], fill=(0, 0, 0), font=font)

@@ -67,8 +67,9 @@ class TrainConfig:
             more training signal where RED-diff's presets work (they start at t <= 100), while every t stays trained.
             It may change between resumed runs (a fine-tuning phase).
         low_t_max: upper end (exclusive) of the low-noise timestep range.
-        cooldown: the learning rate decays linearly to zero over the last ``cooldown`` steps of ``steps`` (0 = a
-            constant rate after warm-up). May change between resumed runs.
+        cooldown: the learning rate decays linearly towards zero over the last ``cooldown`` steps of ``steps``
+            (the last step uses ``lr / (cooldown + 1)``; 0 = a constant rate after warm-up). May change between
+            resumed runs.
         device: ``auto`` (CUDA when available, with bf16 autocast), ``cpu`` or ``cuda[:N]``.
         model: ADM ``create_model`` arguments.
     """

@@ -117,7 +117,8 @@ class RedDiff(SolverRecord):
         betas: Adam-family betas.
         optimizer_kwargs: extra optimizer arguments (e.g. ``{"momentum": 0.9}`` for SGD).
         data_term: ``mean`` (reference normalisation, default) or ``paper``.
-        clip_x0: clamp the returned estimate to [-1, 1] (images); off by default since priors need not be images.
+        clip_x0: clamp the returned estimate to the prior's ``data_range`` ([-1, 1] for images; nothing for priors
+            without one). Off by default: the estimate is returned as optimised.
     """
 
     steps: int = 1000
@@ -287,4 +288,5 @@ class RedDiff(SolverRecord):
                 )
         out = mu.detach()
         check_finite("RED-diff", self.steps - 1, int(timesteps[-1]), out, "estimate", hint)
-        return out.clamp(-1, 1) if self.clip_x0 else out
+        bounds = getattr(prior, "data_range", None)
+        return out.clamp(*bounds) if self.clip_x0 and bounds is not None else out
