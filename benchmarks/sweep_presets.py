@@ -6,7 +6,8 @@ sweep table as provenance) are written beside the prior's weights, where ``reddi
 :func:`reddiff.pipeline.restore` pick them up.
 
 The candidates include the paper's settings (``init=pinv``, all timesteps, constant ``lr``) and refinements of a
-classical start (``init=classical``) over the low-noise timesteps only (``t_max``) with a cosine ``lr`` decay, which
+classical start (``init=classical``) over the low-noise timesteps only (``t_max``) with a cosine ``lr`` decay, with
+the paper's inverse-SNR weighting or a constant one (``weighting=const``), which
 is what a small prior and 100 steps need (see docs/MODEL_CARD.md).
 
     python benchmarks/sweep_presets.py --prior bundled --write
@@ -40,15 +41,22 @@ def _grid(base: dict, **axes: tuple) -> list[dict]:
 
 PAPER = {"lam": 0.25, "lr": 0.1, "weighting": "linear", "init": "pinv", "lr_schedule": "constant"}
 REFINE = {"weighting": "linear", "init": "classical", "lr_schedule": "cosine"}
+CONST = {**REFINE, "weighting": "const"}  # every visited timestep weighted alike: the low-noise ones count as much
 #: task -> (noise in 0..1 pixel units, candidate settings)
 TASKS: dict[str, tuple[float, list[dict]]] = {
-    "sr:4": (0.01, [PAPER] + _grid(REFINE, t_max=(50, 100), lam=(0.01, 0.025, 0.05, 0.1, 0.25), lr=(0.03,))),
-    "inpaint-random:0.8": (0.0, [{**PAPER, "lr": 0.5}] + _grid(REFINE, t_max=(25, 50), lam=(0.1, 0.25, 0.5, 1.0),
-                                                              lr=(0.02,))),
-    "deblur-gauss": (0.01, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(50, 100),
-                                           lam=(0.01, 0.025, 0.05, 0.1, 0.25), lr=(0.03,))),
-    "denoise": (0.1, [PAPER] + _grid({**REFINE, "init": "pinv"}, t_max=(30, 60), lam=(4.0, 8.0, 16.0),
-                                     lr=(0.02,))),
+    "sr:4": (0.01, [PAPER]
+             + _grid(REFINE, t_max=(25, 50, 100), lam=(0.05, 0.1, 0.25), lr=(0.03,))
+             + _grid(CONST, t_max=(25, 50, 100), lam=(0.01, 0.02, 0.05), lr=(0.03,))),
+    "inpaint-random:0.8": (0.0, [{**PAPER, "lr": 0.5}]
+                           + _grid(REFINE, t_max=(50, 100, 150), lam=(0.1,), lr=(0.04,))
+                           + _grid(CONST, t_max=(50, 100, 150), lam=(0.02, 0.05, 0.1), lr=(0.04,))
+                           + _grid(CONST, t_max=(100,), lam=(0.05,), lr=(0.02, 0.06))),
+    "deblur-gauss": (0.01, [PAPER]
+                     + _grid({**REFINE, "init": "pinv"}, t_max=(25, 50, 100), lam=(0.01, 0.025, 0.05), lr=(0.03,))
+                     + _grid({**CONST, "init": "pinv"}, t_max=(25, 50, 100), lam=(0.002, 0.005), lr=(0.03,))),
+    "denoise": (0.1, [PAPER]
+                + _grid({**REFINE, "init": "pinv"}, t_max=(30, 60), lam=(4.0, 8.0, 16.0), lr=(0.02,))
+                + _grid({**CONST, "init": "pinv"}, t_max=(30, 60), lam=(0.5, 1.0, 2.0), lr=(0.02,))),
 }
 #: (training picture, top, left) of the sweep crops.
 CROPS = (("china", 150, 200), ("rocket", 100, 250), ("flower", 100, 300))
