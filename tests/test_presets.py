@@ -87,6 +87,9 @@ def test_bundled_prior_ships_with_presets_for_the_main_tasks(capsys):
     assert main(["list", "priors"]) == 0
     out = capsys.readouterr().out
     assert "bundled" in out and "preset sr" in out
+    # every setting of a preset is shown (t_max, init and the schedule matter as much as lam and lr)
+    line = next(ln for ln in out.splitlines() if "preset sr " in ln)
+    assert all(f"{k} {v}" in line for k, v in preset_for(presets, "sr:4", 0.02).items())
 
 
 def test_demo_with_the_bundled_prior_on_a_small_image(capsys, tmp_path, small_image):

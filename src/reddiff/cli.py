@@ -891,8 +891,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             for family, entries in (v.get("presets") or {}).items():
                 for e in entries:
                     bound = "any sigma_y" if e.get("max_sigma_y") is None else f"sigma_y <= {e['max_sigma_y']:g}"
-                    print(f"  {'':<28}   preset {family:<16} {bound:<18} lam {e.get('lam')}  lr {e.get('lr')}  "
-                          f"steps {e.get('steps')}  weighting {e.get('weighting')}")
+                    settings = "  ".join(f"{k} {val}" for k, val in e.items() if k not in ("max_sigma_y", "note"))
+                    print(f"  {'':<28}   preset {family:<16} {bound:<18} {settings}")
     if "solvers" in data:
         print("solvers:")
         for k, v in data["solvers"].items():
