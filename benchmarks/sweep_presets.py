@@ -62,25 +62,20 @@ TASKS: dict[str, tuple[float, list[dict]]] = {
 CROPS = (("china", 150, 200), ("rocket", 100, 250), ("flower", 100, 300))
 
 
-def crop_boxes(size: int, crop_set: str = "sweep") -> list[tuple[str, int, int]]:
-    """(picture, top, left) of the crops: ``sweep`` the three :data:`CROPS`; ``all`` those plus the centre crop of
+def crops(size: int, crop_set: str = "sweep") -> list[tuple[tuple[str, int, int], torch.Tensor]]:
+    """((picture, top, left), crop) pairs: ``sweep`` the three :data:`CROPS`; ``all`` those plus the centre crop of
     every other training picture (18 in all)."""
+    images = dict(builtin_training_images())
     boxes = list(CROPS)
     if crop_set == "all":
-        used = {name for name, _, _ in CROPS}
-        for name, img in builtin_training_images():
-            if name not in used:
-                boxes.append((name, (img.shape[0] - size) // 2, (img.shape[1] - size) // 2))
-    return boxes
-
-
-def crops(size: int, crop_set: str = "sweep") -> list[tuple[str, torch.Tensor]]:
-    images = dict(builtin_training_images())
+        boxes += [(name, (img.shape[0] - size) // 2, (img.shape[1] - size) // 2)
+                  for name, img in images.items() if name not in {n for n, _, _ in CROPS}]
     out = []
-    for name, top, left in crop_boxes(size, crop_set):
+    for name, top, left in boxes:
         assert name not in HELD_OUT
         img = images[name][top : top + size, left : left + size]
-        out.append((name, from_unit(torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None])))
+        out.append(((name, top, left),
+                    from_unit(torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None])))
     return out
 
 
@@ -128,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         "script": "benchmarks/sweep_presets.py",
         "date": datetime.date.today().isoformat(),
         "prior_sha256": prior.info.get("sha256"),
-        "crops": {task: [{"image": n, "top": t, "left": le, "size": args.size}
-                         for n, t, le in crop_boxes(args.size, args.crops)] for task in args.tasks.split(",")},
+        "crops": {task: [{"image": n, "top": t, "left": le, "size": args.size} for (n, t, le), _ in images]
+                  for task in args.tasks.split(",")},
         "candidates": {task: TASKS[task][1] for task in args.tasks.split(",")},
         "criterion": "mean PSNR over the crops (training pictures only)",
         "seconds": round(time.perf_counter() - t_start, 1),
