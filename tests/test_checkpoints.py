@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from reddiff.errors import CheckpointError, ReddiffError
-from reddiff.networks import NAMED_PRIORS, ADMUNet, create_model, load_network
-from reddiff.networks import checkpoints as ck
+from reddiff.networks import NAMED_PRIORS, ADMUNet, create_model, hub, load_network, loading
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "adm"
 TINY_A = FIXTURES / "tiny_a.pt"
@@ -82,18 +81,18 @@ def test_named_priors() -> None:
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("REDDIFF_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert ck.cache_dir() == tmp_path / "a"
+    assert hub.cache_dir() == tmp_path / "a"
     monkeypatch.delenv("REDDIFF_CACHE")
-    assert ck.cache_dir() == tmp_path / "xdg" / "reddiff"
+    assert hub.cache_dir() == tmp_path / "xdg" / "reddiff"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert ck.cache_dir() == Path.home() / ".cache" / "reddiff"
+    assert hub.cache_dir() == Path.home() / ".cache" / "reddiff"
 
 
 def test_download_success(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
     data = TINY_A.read_bytes()
-    dest = ck.cache_dir() / "tiny.pt"
-    got = ck.download(
+    dest = hub.cache_dir() / "tiny.pt"
+    got = hub.download(
         f"{server}/tiny_a.pt", dest, size=len(data), sha256=hashlib.sha256(data).hexdigest(), progress=False
     )
     assert got == dest and dest.read_bytes() == data
@@ -104,7 +103,7 @@ def test_download_wrong_sha256_leaves_nothing(server: str, tmp_path: Path, monke
     monkeypatch.delenv("HF_HUB_OFFLINE")
     dest = tmp_path / "dl" / "tiny.pt"
     with pytest.raises(CheckpointError, match="sha256") as info:
-        ck.download(f"{server}/tiny_a.pt", dest, sha256="0" * 64, progress=False)
+        hub.download(f"{server}/tiny_a.pt", dest, sha256="0" * 64, progress=False)
     assert "\n" not in str(info.value) and "tiny_a.pt" in str(info.value)
     assert list(dest.parent.iterdir()) == []
 
@@ -113,13 +112,13 @@ def test_download_wrong_size_and_failed_verify(server: str, tmp_path: Path, monk
     monkeypatch.delenv("HF_HUB_OFFLINE")
     dest = tmp_path / "dl" / "tiny.pt"
     with pytest.raises(CheckpointError, match="bytes"):
-        ck.download(f"{server}/tiny_a.pt", dest, size=5, progress=False)
+        hub.download(f"{server}/tiny_a.pt", dest, size=5, progress=False)
 
     def reject(path: Path) -> None:
         raise CheckpointError("rejected")
 
     with pytest.raises(CheckpointError, match="rejected"):
-        ck.download(f"{server}/tiny_a.pt", dest, verify=reject, progress=False)
+        hub.download(f"{server}/tiny_a.pt", dest, verify=reject, progress=False)
     assert list(dest.parent.iterdir()) == []
 
 
@@ -127,7 +126,7 @@ def test_download_404(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("HF_HUB_OFFLINE")
     dest = tmp_path / "dl" / "missing.pt"
     with pytest.raises(CheckpointError, match="404"):
-        ck.download(f"{server}/missing.pt", dest, progress=False)
+        hub.download(f"{server}/missing.pt", dest, progress=False)
     assert list(dest.parent.iterdir()) == []
 
 
@@ -136,22 +135,22 @@ def test_offline_forbids_download(var: str, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv(var, "1")
     with pytest.raises(CheckpointError, match=f"{var}.*local path"):
-        ck.download("http://127.0.0.1:9/x.pt", tmp_path / "x.pt", progress=False)
+        hub.download("http://127.0.0.1:9/x.pt", tmp_path / "x.pt", progress=False)
     with pytest.raises(CheckpointError, match="disabled"):
-        ck.resolve_checkpoint("imagenet256-uncond", cache_dir=tmp_path / "empty")
+        hub.resolve_checkpoint("imagenet256-uncond", cache_dir=tmp_path / "empty")
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_named_prior_download_and_cache(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
     config = tiny_io()["config"]
-    prior = ck.NamedPrior("tiny", "test prior", "tiny.pt", (f"{server}/missing.pt", f"{server}/tiny_a.pt"), config)
-    monkeypatch.setitem(ck.NAMED_PRIORS, "tiny", prior)
-    path, got = ck.resolve_checkpoint("tiny", cache_dir=tmp_path / "c", progress=False)
+    prior = hub.NamedPrior("tiny", "test prior", "tiny.pt", (f"{server}/missing.pt", f"{server}/tiny_a.pt"), config)
+    monkeypatch.setitem(hub.NAMED_PRIORS, "tiny", prior)
+    path, got = hub.resolve_checkpoint("tiny", cache_dir=tmp_path / "c", progress=False)
     assert got is prior and path == tmp_path / "c" / "tiny.pt" and path.read_bytes() == TINY_A.read_bytes()
     # Second use: from the cache, no download (offline now).
     monkeypatch.setenv("REDDIFF_OFFLINE", "1")
-    assert ck.resolve_checkpoint("tiny", cache_dir=tmp_path / "c")[0] == path
+    assert hub.resolve_checkpoint("tiny", cache_dir=tmp_path / "c")[0] == path
     net, info = load_network("tiny", cache_dir=tmp_path / "c")
     assert info["name"] == "tiny" and info["sha256"] == hashlib.sha256(TINY_A.read_bytes()).hexdigest()
 
@@ -159,25 +158,25 @@ def test_named_prior_download_and_cache(server: str, tmp_path: Path, monkeypatch
 def test_named_prior_wrong_architecture_rejected(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
     config = tiny_io("b")["config"]  # tiny_a's weights do not fit tiny_b's architecture
-    prior = ck.NamedPrior("tiny", "test prior", "tiny.pt", (f"{server}/tiny_a.pt",), config)
-    monkeypatch.setitem(ck.NAMED_PRIORS, "tiny", prior)
+    prior = hub.NamedPrior("tiny", "test prior", "tiny.pt", (f"{server}/tiny_a.pt",), config)
+    monkeypatch.setitem(hub.NAMED_PRIORS, "tiny", prior)
     with pytest.raises(CheckpointError, match="does not match the architecture"):
-        ck.resolve_checkpoint("tiny", cache_dir=tmp_path / "c", progress=False)
+        hub.resolve_checkpoint("tiny", cache_dir=tmp_path / "c", progress=False)
     assert not (tmp_path / "c" / "tiny.pt").exists()
 
 
 def test_manual_only_prior_says_how(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="manually.*pass its path"):
-        ck.resolve_checkpoint("ffhq256", cache_dir=tmp_path)
+        hub.resolve_checkpoint("ffhq256", cache_dir=tmp_path)
 
 
 def test_resolve_path_and_unknown(tmp_path: Path) -> None:
-    assert ck.resolve_checkpoint(TINY_A) == (TINY_A, None)
-    assert ck.resolve_checkpoint(str(TINY_A)) == (TINY_A, None)
+    assert hub.resolve_checkpoint(TINY_A) == (TINY_A, None)
+    assert hub.resolve_checkpoint(str(TINY_A)) == (TINY_A, None)
     with pytest.raises(CheckpointError, match="imagenet256-uncond, ffhq256"):
-        ck.resolve_checkpoint(tmp_path / "nope.pt")
+        hub.resolve_checkpoint(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="not a file"):
-        ck.resolve_checkpoint(tmp_path)
+        hub.resolve_checkpoint(tmp_path)
 
 
 def test_truncated_checkpoint(tmp_path: Path) -> None:
@@ -185,24 +184,24 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated.pt") as info:
-        ck.load_state_dict_file(bad)
+        loading.load_state_dict_file(bad)
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError):
         load_network(bad)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
-        ck.load_state_dict_file(junk)
+        loading.load_state_dict_file(junk)
 
 
 def test_wrapped_state_dict(tmp_path: Path) -> None:
     sd = torch.load(TINY_A, weights_only=True)
     torch.save({"ema": {f"module.{k}": v for k, v in sd.items()}, "step": 3}, tmp_path / "wrapped.pt")
-    loaded = ck.load_state_dict_file(tmp_path / "wrapped.pt")
+    loaded = loading.load_state_dict_file(tmp_path / "wrapped.pt")
     assert loaded.keys() == sd.keys()
     torch.save({"ema": sd, "model": sd}, tmp_path / "ambiguous.pt")
     with pytest.raises(CheckpointError, match="single state dict"):
-        ck.load_state_dict_file(tmp_path / "ambiguous.pt")
+        loading.load_state_dict_file(tmp_path / "ambiguous.pt")
 
 
 def test_extra_and_missing_keys_named() -> None:
@@ -210,19 +209,19 @@ def test_extra_and_missing_keys_named() -> None:
     sd = torch.load(TINY_A, weights_only=True)
     extra = {**sd, "input_blocks.99.0.bogus": torch.zeros(1)}
     with pytest.raises(CheckpointError, match=r"unexpected keys input_blocks\.99\.0\.bogus") as info:
-        ck.build_network(extra, io["config"])
+        loading.build_network(extra, io["config"])
     assert "\n" not in str(info.value) and "--prior-config" in str(info.value)
     missing = {k: v for k, v in sd.items() if k != "middle_block.1.qkv.bias"}
     with pytest.raises(CheckpointError, match=r"missing keys middle_block\.1\.qkv\.bias"):
-        ck.build_network(missing, io["config"])
+        loading.build_network(missing, io["config"])
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        ck.build_network(sd, {**io["config"], "num_channels": 64, "num_head_channels": -1})
+        loading.build_network(sd, {**io["config"], "num_channels": 64, "num_head_channels": -1})
 
 
 def test_build_network_reproduces_and_does_not_share() -> None:
     io = tiny_io()
     sd = torch.load(TINY_A, weights_only=True)
-    net = ck.build_network(sd, io["config"]).eval()
+    net = loading.build_network(sd, io["config"]).eval()
     with torch.no_grad():
         assert rel_err(net(io["x"], io["t"]), io["out"]) <= 1e-5
         net.out[2].bias.zero_()
@@ -256,7 +255,7 @@ def test_load_network_infers_and_freezes() -> None:
 def test_save_load_roundtrip(tmp_path: Path) -> None:
     io = tiny_io("b")
     net, _ = load_network(FIXTURES / "tiny_b.pt", io["config"])
-    saved = ck.save_network(net, tmp_path / "model" / "tiny.safetensors")
+    saved = loading.save_network(net, tmp_path / "model" / "tiny.safetensors")
     assert saved.is_file() and (tmp_path / "model" / "tiny.json").is_file()
     assert sorted(p.name for p in saved.parent.iterdir()) == ["tiny.json", "tiny.safetensors"]
     again, info = load_network(saved)  # config from the sibling JSON (head split included)
@@ -266,7 +265,7 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     assert torch.equal(a, b)
     assert rel_err(b, io["out"]) <= 1e-5
     with pytest.raises(ReddiffError, match="safetensors"):
-        ck.save_network(net, tmp_path / "model.pt")
+        loading.save_network(net, tmp_path / "model.pt")
 
 
 def test_config_json_sibling(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_cli_applies_presets_and_user_overrides(capsys, tmp_path, small_image, p
 
 def test_bundled_prior_ships_with_presets_for_the_main_tasks(capsys):
     from reddiff import load_prior
-    from reddiff.networks.checkpoints import bundled_weights
+    from reddiff.networks.hub import bundled_weights
     from reddiff.solvers.reddiff import RedDiff
 
     prior = load_prior("bundled", progress=False)

@@ -59,7 +59,7 @@ class BenchConfig:
 def build_bench_prior(network: str, device: torch.device) -> Any:
     """The prior to benchmark: a named architecture with random weights, the bundled prior, or a checkpoint."""
     from .networks.adm import create_model
-    from .networks.checkpoints import NAMED_PRIORS
+    from .networks.hub import NAMED_PRIORS
     from .prior import DiffusionPrior, load_prior
 
     if network in NAMED_PRIORS:

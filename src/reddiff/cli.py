@@ -840,7 +840,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
 # list
 # --------------------------------------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .networks.checkpoints import NAMED_PRIORS, cache_dir
+    from .networks.hub import NAMED_PRIORS, cache_dir
     from .operators import TASKS
     from .solvers import SOLVERS
 
@@ -848,7 +848,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.what in ("tasks", "all"):
         data["tasks"] = dict(TASKS)
     if args.what in ("priors", "all"):
-        from .networks.checkpoints import BUNDLED, bundled_weights
+        from .networks.hub import BUNDLED, bundled_weights
         from .presets import load_presets
 
         bundled = bundled_weights()

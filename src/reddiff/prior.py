@@ -201,7 +201,7 @@ def load_prior(
         The prior; ``prior.network`` is the raw network and ``prior.info`` its provenance (name, path, sha256,
         config).
     """
-    from .networks.checkpoints import load_network
+    from .networks.loading import load_network
 
     network, info = load_network(spec, config, progress=progress)
     prior = DiffusionPrior(network, VPSchedule(), learned_sigma=bool(info.get("learned_sigma")), info=info)

@@ -208,7 +208,7 @@ def train(
     from .data import CropSampler, dead_leaves
     from .io import atomic_path, write_json
     from .networks.adm import create_model
-    from .networks.checkpoints import save_network
+    from .networks.loading import save_network
 
     cfg.validate()
     out = Path(cfg.out)
