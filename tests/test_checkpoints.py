@@ -6,6 +6,8 @@ import functools
 import hashlib
 import http.server
 import json
+import os
+import shlex
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,6 +194,42 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         loading.load_state_dict_file(junk)
+
+
+class _RunsShellOnUnpickle:
+    """An object whose unpickling would run a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"echo pwned > {shlex.quote(str(self.marker))}",)
+
+
+def test_pickled_code_refused_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsShellOnUnpickle(marker)}, evil)
+    with pytest.raises(CheckpointError, match="not a weights-only checkpoint") as info:
+        loading.load_state_dict_file(evil)
+    message = str(info.value)
+    assert "\n" not in message and "evil.pt" in message and "weights_only" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # PyTorch's advice is not repeated
+    with pytest.raises(CheckpointError, match="not a weights-only checkpoint"):
+        load_network(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_unreadable_checkpoint_is_one_line(kind: str, tmp_path: Path) -> None:
+    bad = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        bad.write_bytes(TINY_A.read_bytes()[:1000])
+    else:
+        bad.write_text("these are my notes,\nnot a checkpoint\n")
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint") as info:
+        loading.load_state_dict_file(bad)
+    assert "\n" not in str(info.value) and f"{kind}.pt" in str(info.value)
 
 
 def test_wrapped_state_dict(tmp_path: Path) -> None:

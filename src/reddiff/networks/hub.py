@@ -240,7 +240,7 @@ def download(
         raise CheckpointError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
-        reason = e.reason if isinstance(e, urllib.error.URLError) else one_line(e)
+        reason = one_line(e.reason if isinstance(e, urllib.error.URLError) else e)
         raise CheckpointError(f"download of {url} failed: {reason}") from e
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 Checkpoints are read with ``torch.load(..., weights_only=True)`` (or safetensors) only: no pickled code is ever
 executed. Where a checkpoint comes from (a name, the cache, a download) is :mod:`reddiff.networks.hub`'s job. Every
-failure a user can fix (missing or truncated file, architecture mismatch, unreadable config) raises a
+failure a user can fix (missing, truncated or pickled-code file, architecture mismatch, unreadable config) raises a
 :class:`~reddiff.errors.CheckpointError` with a one-line message.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,11 @@ def _is_tensor_dict(obj: Any) -> bool:
     )
 
 
+def _refuses_pickled_code(exc: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed because the file holds objects other than weights."""
+    return isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc)
+
+
 def load_state_dict_file(path: str | os.PathLike[str], *, display_name: str | None = None) -> dict[str, Tensor]:
     """Read a state dict safely (``torch.load(weights_only=True)`` or safetensors) onto the CPU.
 
@@ -76,7 +82,8 @@ def load_state_dict_file(path: str | os.PathLike[str], *, display_name: str | No
         Parameter name -> CPU tensor.
 
     Raises:
-        CheckpointError: the file is missing, truncated, corrupt, or holds no (unambiguous) state dict.
+        CheckpointError: the file is missing, truncated, corrupt, holds pickled Python objects other than tensors
+            (never unpickled), or holds no (unambiguous) state dict.
     """
     path = Path(path)
     name = display_name or str(path)
@@ -90,6 +97,12 @@ def load_state_dict_file(path: str | os.PathLike[str], *, display_name: str | No
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint {name} does not exist") from e
     except Exception as e:  # torch/zipfile/pickle/safetensors raise many types for a damaged file
+        if _refuses_pickled_code(e):
+            # PyTorch's own text suggests weights_only=False, which is exactly what must not be done: not chained.
+            raise CheckpointError(
+                f"checkpoint {name} is not a weights-only checkpoint: it holds pickled Python objects (reddiff never "
+                "runs pickled code); save a plain state dict or a .safetensors file"
+            ) from None
         raise CheckpointError(f"cannot read checkpoint {name} (truncated or not a checkpoint?): {one_line(e)}") from e
     if not _is_tensor_dict(obj):
         nested = [k for k in _WRAPPER_KEYS if isinstance(obj, Mapping) and _is_tensor_dict(obj.get(k))]
