@@ -11,10 +11,10 @@ from PIL import Image
 
 from reddiff import ReddiffError, load_prior
 from reddiff.cli import main
-from reddiff.data import HELD_OUT, TRAIN_SKIMAGE, CropSampler, dead_leaves
 from reddiff.networks.adm import create_model
 from reddiff.schedule import VPSchedule
-from reddiff.train import TrainConfig, draw_timesteps, learning_rate, train
+from reddiff.tools.data import HELD_OUT, TRAIN_SKIMAGE, CropSampler, dead_leaves
+from reddiff.tools.train import TrainConfig, draw_timesteps, learning_rate, train
 
 TINY = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "",
         "learn_sigma": False, "use_scale_shift_norm": True, "resblock_updown": True}
@@ -104,7 +104,7 @@ def test_resume_guards(tmp_path, folder):
 
 def test_training_set_excludes_held_out_images():
     assert not set(HELD_OUT) & set(TRAIN_SKIMAGE)
-    from reddiff.data import builtin_training_images
+    from reddiff.tools.data import builtin_training_images
 
     names = [n for n, _ in builtin_training_images()]
     assert len(names) == 18 and "stereo_motorcycle_right" in names and "china" in names

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parser(sub: Any) -> None:
-    from .train import DEFAULT_MODEL, TrainConfig
+    from .tools.train import DEFAULT_MODEL, TrainConfig
 
     d = TrainConfig(out="")
     tr = sub.add_parser(
@@ -948,7 +948,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # train
 # --------------------------------------------------------------------------------------------------------------
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import DEFAULT_MODEL, TrainConfig, train
+    from .tools.train import DEFAULT_MODEL, TrainConfig, train
 
     model = dict(DEFAULT_MODEL)
     model.update(num_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ReddiffError
+from ..errors import ReddiffError
 
 __all__ = [
     "TRAIN_SKIMAGE",
@@ -99,7 +99,7 @@ def held_out_images() -> list[tuple[str, np.ndarray]]:
 
 def folder_images(path: str | Path) -> list[tuple[str, np.ndarray]]:
     """Every image of a folder as ``(name, uint8 [H, W, 3])``."""
-    from .io import list_images, load_image, to_uint8
+    from ..io import list_images, load_image, to_uint8
 
     files = list_images(path)
     return [(f.stem, to_uint8(load_image(f))) for f in files]

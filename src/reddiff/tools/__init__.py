@@ -1,0 +1,1 @@
+"""Tooling around the core: training, data, benchmarks and references."""

@@ -1,0 +1,32 @@
+"""DDPM ε-prediction training of the ADM network (``reddiff train``).
+
+Loss (Ho et al. 2020, eq. 14, "L_simple") with ``t`` uniform over ``0 .. T-1`` on the linear schedule, T = 1000.
+AdamW, gradient clipping, an exponential moving average (EMA) of the weights (the EMA weights are exported),
+periodic checkpoints that ``resume`` continues exactly, a loss curve, and export to ``prior.safetensors`` +
+``prior.json`` that :func:`reddiff.load_prior` reads. On the CPU a run is deterministic for a given seed.
+
+The rooms: :mod:`.config` (settings, schedules), :mod:`.checkpoint` (what is kept on disk), :mod:`.loop` (setup,
+one step, the driver).
+"""
+
+from .checkpoint import CHECKPOINT, EXPORT, TrainState, export_prior, plot_loss_curve, read_checkpoint, save_checkpoint
+from .config import DEFAULT_MODEL, TrainConfig, draw_timesteps, learning_rate, resolve_device
+from .loop import setup, train, train_step
+
+__all__ = [
+    "CHECKPOINT",
+    "DEFAULT_MODEL",
+    "EXPORT",
+    "TrainConfig",
+    "TrainState",
+    "draw_timesteps",
+    "export_prior",
+    "learning_rate",
+    "plot_loss_curve",
+    "read_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "setup",
+    "train",
+    "train_step",
+]
