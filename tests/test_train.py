@@ -172,3 +172,33 @@ def test_cli_train_bad_input_and_run(tmp_path, folder, capsys):
     assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1
     code = main(["train", "--output", str(tmp_path / "t"), "--steps", "0"])
     assert code == 2
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"crop": 7}, "crop must be a multiple of 2 for this network, got 7"),
+    ({"model": dict(TINY, learn_sigma=True)}, "predicts 6 channels.*learn_sigma must be false"),
+    ({"model": dict(TINY, channel_mult="1,x")}, "bad model settings"),
+    ({"deadleaves": 0.5, "deadleaves_images": 0}, "deadleaves_images must be >= 1"),
+    ({"grad_clip": float("nan")}, "grad_clip must be > 0"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"data": "no-such-folder"}, "no-such-folder"),
+])
+def test_bad_settings_leave_nothing_on_disk(tmp_path, folder, change, match):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ReddiffError, match=match):
+        train(_cfg(tmp_path, folder, **change, out=str(out)), progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_output_inside_a_file_is_refused(tmp_path, folder):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ReddiffError, match="is not a writable folder"):
+        train(_cfg(tmp_path, folder, out=str(tmp_path / "file" / "run")), progress=False)
+
+
+def test_cli_crop_the_network_cannot_take(tmp_path, capsys):
+    code = main(["train", "--output", str(tmp_path / "t"), "--crop", "7", "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "crop must be a multiple of 8" in err
+    assert not (tmp_path / "t").exists()

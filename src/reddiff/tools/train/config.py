@@ -98,8 +98,45 @@ class TrainConfig:
             raise ReddiffError(f"cooldown must be between 0 and steps ({self.steps}), got {self.cooldown}")
         if not 1 <= self.low_t_max <= 1000:
             raise ReddiffError(f"low_t_max must be in [1, 1000], got {self.low_t_max}")
-        if self.grad_clip <= 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise ReddiffError("grad_clip must be > 0, warmup and weight_decay >= 0")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ReddiffError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ReddiffError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("warmup", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ReddiffError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.deadleaves > 0 and int(self.deadleaves_images) < 1:
+            raise ReddiffError(f"deadleaves_images must be >= 1 when deadleaves > 0, got {self.deadleaves_images}")
+        resolve_device(self.device)
+        self._check_network()
+
+    def _check_network(self) -> None:
+        """Build the network on the meta device (no memory, no time) and run it once on a crop-sized batch."""
+        from ...networks.adm import create_model
+
+        try:
+            with torch.device("meta"):
+                net = create_model(**self.model)
+        except Exception as exc:  # noqa: BLE001 - every failure here is a bad model setting
+            raise ReddiffError(f"bad model settings {self.model}: {_first_line(exc)}") from None
+        x = torch.empty(1, 3, self.crop, self.crop, device="meta")
+        try:
+            with torch.no_grad():
+                pred = net(x, torch.zeros(1, dtype=torch.long, device="meta"))
+        except Exception as exc:  # noqa: BLE001 - the same: the network cannot take this crop
+            multiple = getattr(net, "size_multiple", 1)
+            if self.crop % multiple:
+                raise ReddiffError(f"crop must be a multiple of {multiple} for this network, got {self.crop}") from None
+            raise ReddiffError(f"the network cannot train on 3-channel {self.crop}x{self.crop} crops: "
+                               f"{_first_line(exc)}") from None
+        if pred.shape != x.shape:
+            raise ReddiffError(f"the network predicts {pred.shape[1]} channels; training fits eps with 3 "
+                               "(learn_sigma must be false)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -7,6 +7,7 @@ t)||^2`` with ``t`` drawn by :func:`~reddiff.tools.train.config.draw_timesteps` 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -43,6 +44,9 @@ def _check_outputs(out: Path, resume: bool) -> Path:
     """The checkpoint path, after checking that ``out`` may be written (or resumed) as asked."""
     if out.exists() and not out.is_dir():
         raise ReddiffError(f"output path {out} is a file; give a folder")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReddiffError(f"cannot create the output folder {out}: {parent} is not a writable folder")
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise ReddiffError(f"{ckpt_path} exists; pass --resume to continue it or choose another --output")
