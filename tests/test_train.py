@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -202,3 +203,34 @@ def test_cli_crop_the_network_cannot_take(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "crop must be a multiple of 8" in err
     assert not (tmp_path / "t").exists()
+
+
+def test_time_estimate_line():
+    from reddiff.tools.train.loop import estimate_line
+
+    threads = torch.get_num_threads()
+    assert estimate_line(0.84, 20000, torch.device("cpu")) == (
+        f"train: 0.84 s/step on cpu ({threads} threads): 20,000 steps take about 4.7 h; "
+        "use a CUDA GPU (--device cuda) for long runs")
+    gpu = estimate_line(0.05, 20000, torch.device("cuda"))
+    assert gpu == "train: 0.05 s/step on cuda: 20,000 steps take about 17 min"  # no hint on the GPU
+    resumed = estimate_line(30.0, 10000, torch.device("cuda:1"), resumed=True)
+    assert resumed.endswith("10,000 more steps take about 3.5 days")
+
+
+def test_time_estimate_is_said_once_for_long_runs_only(tmp_path, folder, monkeypatch):
+    import reddiff.tools.train.loop as loop
+
+    said: list[str] = []
+    train(_cfg(tmp_path / "short", folder, steps=3), progress=False, say=said.append)
+    assert said == []  # under ESTIMATE_MIN_STEPS steps: nothing to say
+    monkeypatch.setattr(loop, "ESTIMATE_MIN_STEPS", 5)
+    monkeypatch.setattr(loop, "ESTIMATE_STEPS", 2)
+    monkeypatch.setattr(loop, "ESTIMATE_MIN_SECONDS", 0.0)
+    train(_cfg(tmp_path / "long", folder, steps=8), progress=False, say=said.append)
+    assert len(said) == 1, said
+    assert re.fullmatch(r"train: [0-9.e-]+ s/step on cpu \(\d+ threads\): 8 steps take about 1 min; "
+                        r"use a CUDA GPU \(--device cuda\) for long runs", said[0]), said
+    monkeypatch.setattr(loop, "ESTIMATE_MIN_SECONDS", 1e9)
+    train(_cfg(tmp_path / "quick", folder, steps=8), progress=False, say=said.append)
+    assert len(said) == 1  # less than ESTIMATE_MIN_SECONDS left: nothing more said

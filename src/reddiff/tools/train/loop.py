@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -32,7 +33,13 @@ from .checkpoint import (
 )
 from .config import TrainConfig, draw_timesteps, learning_rate, resolve_device
 
-__all__ = ["setup", "train_step", "train"]
+__all__ = ["setup", "train_step", "train", "estimate_line"]
+
+#: The time estimate is said once, after :data:`ESTIMATE_STEPS` timed steps (the first step, which pays for warm-up,
+#: is not timed), for runs of at least :data:`ESTIMATE_MIN_STEPS` steps with at least :data:`ESTIMATE_MIN_SECONDS` left.
+ESTIMATE_STEPS = 5
+ESTIMATE_MIN_STEPS = 50
+ESTIMATE_MIN_SECONDS = 60.0
 
 
 def _images(cfg: TrainConfig) -> list[np.ndarray]:
@@ -135,6 +142,49 @@ def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float
     return value
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90 * 60:
+        return f"{max(round(seconds / 60), 1)} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def estimate_line(seconds_per_step: float, steps: int, device: torch.device, resumed: bool = False) -> str:
+    """The one-line time estimate of a run of ``steps`` steps, with a hint to use a GPU when on the CPU."""
+    where = f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+    line = (f"train: {seconds_per_step:.3g} s/step on {where}: {steps:,}{' more' if resumed else ''} steps take about "
+            f"{_duration(seconds_per_step * steps)}")
+    return line + ("; use a CUDA GPU (--device cuda) for long runs" if device.type == "cpu" else "")
+
+
+class _Estimate:
+    """Times the steps after the first few of a run and says once how long the whole run takes."""
+
+    def __init__(self, first: int, last: int, device: torch.device, say: Callable[[str], None]) -> None:
+        self.first, self.last, self.device, self.say = first, last, device, say
+        self.done = last - first < ESTIMATE_MIN_STEPS
+        self.start = 0.0
+
+    def tick(self, step: int) -> None:
+        """Call after each step with the number of steps done."""
+        if self.done:
+            return
+        if step == self.first + 1:
+            self.start = time.perf_counter()
+        elif step == self.first + 1 + ESTIMATE_STEPS:
+            self.done = True
+            per_step = (time.perf_counter() - self.start) / ESTIMATE_STEPS
+            if per_step * (self.last - step) >= ESTIMATE_MIN_SECONDS:
+                self.say(estimate_line(per_step, self.last - self.first, self.device, resumed=self.first > 0))
+
+
+def _say_stderr(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)  # above a progress bar, not through it
+
+
 def _mean_loss(history: list[tuple[int, float]], n: int) -> float:
     recent = [v for _, v in history[-n:]]
     return sum(recent) / max(len(recent), 1)
@@ -145,6 +195,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue training) a diffusion prior and export its EMA weights.
 
@@ -154,6 +205,8 @@ def train(
             ``cfg.steps`` may be raised to train longer.
         progress: show a progress bar with the loss.
         on_step: called with ``(step, loss)`` after every step.
+        say: receives the one-line time estimate said after the first few steps of a long run (default: printed
+            to stderr).
 
     Returns:
         A summary: steps done, final smoothed loss, seconds, paths of the checkpoint, export and loss curve.
@@ -174,12 +227,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
+    estimate = _Estimate(state.step, cfg.steps, device, say or _say_stderr)
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress, dynamic_ncols=True)
     while state.step < cfg.steps:
         value = train_step(state, cfg, abar)
         bar.update(1)
         if state.step % 10 == 0:
             bar.set_postfix(loss=f"{_mean_loss(state.history, 100):.4f}")
+        estimate.tick(state.step)
         if on_step is not None:
             on_step(state.step, value)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
