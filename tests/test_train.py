@@ -12,6 +12,7 @@ from PIL import Image
 
 from reddiff import ReddiffError, load_prior
 from reddiff.cli import main
+from reddiff.errors import Interrupted
 from reddiff.networks.adm import create_model
 from reddiff.schedule import VPSchedule
 from reddiff.tools.data import HELD_OUT, TRAIN_SKIMAGE, CropSampler, dead_leaves
@@ -21,14 +22,25 @@ TINY = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "channel_mult
         "learn_sigma": False, "use_scale_shift_norm": True, "resblock_updown": True}
 
 
-@pytest.fixture()
-def folder(tmp_path):
+def _images(d):
     from skimage import data
 
-    d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(data.camera()[::8, ::8]).save(d / "camera.png")
     Image.fromarray(data.rocket()[::8, ::8]).save(d / "rocket.png")
+    return d
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    return _images(tmp_path / "imgs")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 6-step run (checkpoint_every changes when it saves, not what it computes)."""
+    d = tmp_path_factory.mktemp("straight")
+    train(_cfg(d, _images(d / "imgs")), progress=False)
     return d
 
 
@@ -206,7 +218,7 @@ def test_cli_crop_the_network_cannot_take(tmp_path, capsys):
 
 
 def test_time_estimate_line():
-    from reddiff.tools.train.loop import estimate_line
+    from reddiff.tools.train.estimate import estimate_line
 
     threads = torch.get_num_threads()
     assert estimate_line(0.84, 20000, torch.device("cpu")) == (
@@ -219,7 +231,7 @@ def test_time_estimate_line():
 
 
 def test_time_estimate_is_said_once_for_long_runs_only(tmp_path, folder, monkeypatch):
-    import reddiff.tools.train.loop as loop
+    import reddiff.tools.train.estimate as loop
 
     said: list[str] = []
     train(_cfg(tmp_path / "short", folder, steps=3), progress=False, say=said.append)
@@ -227,10 +239,105 @@ def test_time_estimate_is_said_once_for_long_runs_only(tmp_path, folder, monkeyp
     monkeypatch.setattr(loop, "ESTIMATE_MIN_STEPS", 5)
     monkeypatch.setattr(loop, "ESTIMATE_STEPS", 2)
     monkeypatch.setattr(loop, "ESTIMATE_MIN_SECONDS", 0.0)
-    train(_cfg(tmp_path / "long", folder, steps=8), progress=False, say=said.append)
+    train(_cfg(tmp_path / "long", folder, steps=5), progress=False, say=said.append)
     assert len(said) == 1, said
-    assert re.fullmatch(r"train: [0-9.e-]+ s/step on cpu \(\d+ threads\): 8 steps take about 1 min; "
+    assert re.fullmatch(r"train: [0-9.e-]+ s/step on cpu \(\d+ threads\): 5 steps take about 1 min; "
                         r"use a CUDA GPU \(--device cuda\) for long runs", said[0]), said
     monkeypatch.setattr(loop, "ESTIMATE_MIN_SECONDS", 1e9)
-    train(_cfg(tmp_path / "quick", folder, steps=8), progress=False, say=said.append)
+    train(_cfg(tmp_path / "quick", folder, steps=5), progress=False, say=said.append)
     assert len(said) == 1  # less than ESTIMATE_MIN_SECONDS left: nothing more said
+
+
+def _same_run(a, b) -> None:  # the checkpoints in a/run and b/run
+    sa, sb = (torch.load(p / "run/checkpoint.pt", weights_only=True) for p in (a, b))
+    for key in ("model", "ema"):
+        for k in sa[key]:
+            assert torch.equal(sa[key][k], sb[key][k]), (key, k)
+    assert torch.equal(sa["history_loss"], sb["history_loss"]) and sa["step"] == sb["step"]
+
+
+def _ctrl_c_at_call(monkeypatch, owner, name, n) -> None:
+    """Ctrl-C in the middle of a step: the n-th call of ``owner.name`` raises KeyboardInterrupt."""
+    original, calls = getattr(owner, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def test_ctrl_c_saves_the_steps_done_and_resume_finishes_the_same_run(tmp_path, folder, straight):
+
+    def stop_at_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path / "stopped", folder, checkpoint_every=4)
+    with pytest.raises(Interrupted) as info:
+        train(cfg, progress=False, on_step=stop_at_3)
+    ckpt = tmp_path / "stopped/run/checkpoint.pt"
+    assert info.value.message == (f"training stopped at step 3 of 6; checkpoint saved to {ckpt}: "
+                                  "rerun with --resume to continue")
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["checkpoint.pt"]
+    assert train(cfg, resume=True, progress=False)["steps"] == 6
+    _same_run(straight, tmp_path / "stopped")
+
+
+def test_ctrl_c_inside_a_step_rewinds_it(tmp_path, folder, monkeypatch, straight):
+    import reddiff.tools.train.loop as loop
+
+    _ctrl_c_at_call(monkeypatch, loop, "draw_timesteps", 4)  # step 4, after its crops were drawn
+    cfg = _cfg(tmp_path / "stopped", folder, checkpoint_every=2)
+    with pytest.raises(Interrupted, match="training stopped at step 3 of 6; checkpoint saved"):
+        train(cfg, progress=False)
+    train(cfg, resume=True, progress=False)
+    _same_run(straight, tmp_path / "stopped")
+
+
+def test_ctrl_c_while_the_weights_change_keeps_the_last_checkpoint(tmp_path, folder, monkeypatch, straight):
+    _ctrl_c_at_call(monkeypatch, torch.optim.AdamW, "step", 4)
+    cfg = _cfg(tmp_path / "stopped", folder, checkpoint_every=2)
+    with pytest.raises(Interrupted, match="stopped during step 4 of 6 as the weights changed; the checkpoint at step "
+                                          "2 in .* is kept: rerun with --resume to continue from there"):
+        train(cfg, progress=False)
+    train(cfg, resume=True, progress=False)
+    _same_run(straight, tmp_path / "stopped")
+
+
+def test_ctrl_c_before_the_first_step_leaves_nothing(tmp_path, folder, monkeypatch):
+    import reddiff.tools.train.loop as loop
+
+    _ctrl_c_at_call(monkeypatch, loop, "draw_timesteps", 1)
+    with pytest.raises(Interrupted) as info:
+        train(_cfg(tmp_path, folder, out=str(tmp_path / "new" / "run")), progress=False)
+    assert info.value.message == "stopped before the first step; nothing was saved"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    _ctrl_c_at_call(monkeypatch, loop, "draw_timesteps", 1)
+    with pytest.raises(Interrupted, match="nothing was saved"):
+        train(_cfg(tmp_path, folder, out=str(tmp_path / "mine")), progress=False)
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_ctrl_c_before_a_resumed_step_keeps_the_checkpoint(tmp_path, folder, monkeypatch):
+    import reddiff.tools.train.loop as loop
+
+    train(_cfg(tmp_path, folder, steps=3), progress=False)
+    ckpt = tmp_path / "run/checkpoint.pt"
+    before = ckpt.read_bytes()
+    _ctrl_c_at_call(monkeypatch, loop, "draw_timesteps", 1)
+    with pytest.raises(Interrupted) as info:
+        train(_cfg(tmp_path, folder, steps=6), resume=True, progress=False)
+    assert info.value.message == (f"stopped before a new step; the checkpoint at step 3 in {ckpt} is unchanged: "
+                                  "rerun with --resume to continue")
+    assert ckpt.read_bytes() == before
+
+
+def test_divergence_before_the_first_checkpoint_leaves_nothing(tmp_path, folder):
+    with pytest.raises(ReddiffError, match="training diverged"):
+        train(_cfg(tmp_path, folder, lr=1e30, out=str(tmp_path / "new" / "run")), progress=False)
+    assert not (tmp_path / "new").exists()

@@ -1,4 +1,5 @@
-"""What a training run keeps on disk: the resumable checkpoint, the exported prior and the loss curve.
+"""What a training run keeps on disk: the output folder, the resumable checkpoint, the exported prior, the loss
+curve, and what an interrupted run leaves behind.
 
 The checkpoint is a plain ``torch.save`` dictionary of tensors, numbers and JSON strings (no pickled code), read
 back with ``torch.load(weights_only=True)``; every file is written atomically, so an interrupted write leaves the
@@ -8,6 +9,7 @@ previous version in place.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import ReddiffError
+from ...errors import Interrupted, ReddiffError
 from ...io import atomic_path
 from ..data import CropSampler
 from .config import TrainConfig
 
-__all__ = ["CHECKPOINT", "EXPORT", "TrainState", "save_checkpoint", "read_checkpoint", "export_prior",
-           "plot_loss_curve"]
+__all__ = ["CHECKPOINT", "EXPORT", "TrainState", "check_outputs", "save_checkpoint", "read_checkpoint", "restore",
+           "export_prior", "plot_loss_curve", "folders_to_create", "remove_empty_folders", "interrupted"]
 
 #: File name of the resumable checkpoint inside the output folder.
 CHECKPOINT = "checkpoint.pt"
@@ -44,6 +46,9 @@ class TrainState:
         sampler: the crop sampler (numpy generator inside).
         history: ``(step, loss)`` of every step so far.
         step: steps done.
+        start: the step this run started from (the resumed checkpoint's, or 0).
+        saved_step: the step of the checkpoint on disk (0: none yet).
+        updating: True while a step changes the weights; the state is then between two steps and is not saved.
     """
 
     model: torch.nn.Module
@@ -53,6 +58,29 @@ class TrainState:
     sampler: CropSampler
     history: list[tuple[int, float]] = field(default_factory=list)
     step: int = 0
+    start: int = 0
+    saved_step: int = 0
+    updating: bool = False
+
+
+def check_outputs(out: Path, resume: bool) -> Path:
+    """The checkpoint path, after checking that ``out`` can be created (or resumed) as asked.
+
+    Raises:
+        ReddiffError: ``out`` is a file or cannot be created, holds a checkpoint without ``resume``, or has none
+            to resume.
+    """
+    if out.exists() and not out.is_dir():
+        raise ReddiffError(f"output path {out} is a file; give a folder")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReddiffError(f"cannot create the output folder {out}: {parent} is not a writable folder")
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise ReddiffError(f"{ckpt_path} exists; pass --resume to continue it or choose another --output")
+    if resume and not ckpt_path.exists():
+        raise ReddiffError(f"nothing to resume: {ckpt_path} does not exist")
+    return ckpt_path
 
 
 def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
@@ -70,6 +98,7 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    state.saved_step = state.step
 
 
 def read_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -100,7 +129,7 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     state.sampler.load_state_dict(json.loads(payload["sampler"]))
     steps, losses = payload["history_steps"].tolist(), payload["history_loss"].tolist()
     state.history = [(int(s), float(v)) for s, v in zip(steps, losses)]
-    state.step = int(payload["step"])
+    state.step = state.start = state.saved_step = int(payload["step"])
 
 
 def export_prior(state: TrainState, path: Path) -> Path:
@@ -139,3 +168,49 @@ def plot_loss_curve(history: list[tuple[int, float]], path: Path, title: str = "
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def folders_to_create(out: Path) -> list[Path]:
+    """The folders that creating ``out`` makes, deepest first (empty when it exists)."""
+    return [p for p in (out, *out.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove the folders, deepest first, that are (still) empty; a folder with anything in it stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def interrupted(state: TrainState | None, cfg: TrainConfig, path: Path, created: list[Path]) -> Interrupted:
+    """Keep what a run stopped by Ctrl-C or SIGTERM did, and say so.
+
+    Steps done since the last checkpoint are saved to it (unless the stop came while the weights were changing);
+    a new run stopped before its first step removes the folders it created, if nothing else was put in them.
+
+    Args:
+        state: the run (None when it stopped while being set up, before anything was written).
+        cfg: its settings.
+        path: its checkpoint.
+        created: the folders it created (:func:`folders_to_create`).
+
+    Returns:
+        The exception to raise, carrying one line: where the run stopped, what was kept and how to go on.
+    """
+    again = "rerun with --resume to continue"
+    if state is None and path.exists():
+        return Interrupted(f"stopped before a new step; the checkpoint {path} is unchanged: {again}")
+    if state is not None and not state.updating and state.step > state.saved_step:
+        save_checkpoint(state, cfg, path)
+    if state is None or state.saved_step == 0:
+        remove_empty_folders(created)
+        return Interrupted("stopped before the first step; nothing was saved")
+    if state.step == state.start:
+        return Interrupted(f"stopped before a new step; the checkpoint at step {state.start} in {path} is unchanged: "
+                           f"{again}")
+    if state.saved_step == state.step:
+        return Interrupted(f"training stopped at step {state.step} of {cfg.steps}; checkpoint saved to {path}: {again}")
+    return Interrupted(f"training stopped during step {state.step + 1} of {cfg.steps} as the weights changed; the "
+                       f"checkpoint at step {state.saved_step} in {path} is kept: {again} from there")

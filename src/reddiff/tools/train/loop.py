@@ -7,8 +7,6 @@ t)||^2`` with ``t`` drawn by :func:`~reddiff.tools.train.config.draw_timesteps` 
 from __future__ import annotations
 
 import copy
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,44 +20,26 @@ from ...errors import ReddiffError
 from ...schedule import VPSchedule
 from ..data import CropSampler, builtin_training_images, dead_leaves, folder_images
 from .checkpoint import (
-    CHECKPOINT,
     EXPORT,
     TrainState,
+    check_outputs,
     export_prior,
+    folders_to_create,
+    interrupted,
     plot_loss_curve,
     read_checkpoint,
+    remove_empty_folders,
     restore,
     save_checkpoint,
 )
 from .config import TrainConfig, draw_timesteps, learning_rate, resolve_device
+from .estimate import Estimate, say_stderr
 
-__all__ = ["setup", "train_step", "train", "estimate_line"]
-
-#: The time estimate is said once, after :data:`ESTIMATE_STEPS` timed steps (the first step, which pays for warm-up,
-#: is not timed), for runs of at least :data:`ESTIMATE_MIN_STEPS` steps with at least :data:`ESTIMATE_MIN_SECONDS` left.
-ESTIMATE_STEPS = 5
-ESTIMATE_MIN_STEPS = 50
-ESTIMATE_MIN_SECONDS = 60.0
-
+__all__ = ["setup", "train_step", "train"]
 
 def _images(cfg: TrainConfig) -> list[np.ndarray]:
     pairs = builtin_training_images() if cfg.data == "builtin" else folder_images(cfg.data)
     return [im for _, im in pairs]
-
-
-def _check_outputs(out: Path, resume: bool) -> Path:
-    """The checkpoint path, after checking that ``out`` may be written (or resumed) as asked."""
-    if out.exists() and not out.is_dir():
-        raise ReddiffError(f"output path {out} is a file; give a folder")
-    parent = next(p for p in (out, *out.parents) if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ReddiffError(f"cannot create the output folder {out}: {parent} is not a writable folder")
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists() and not resume:
-        raise ReddiffError(f"{ckpt_path} exists; pass --resume to continue it or choose another --output")
-    if resume and not ckpt_path.exists():
-        raise ReddiffError(f"nothing to resume: {ckpt_path} does not exist")
-    return ckpt_path
 
 
 def setup(cfg: TrainConfig, device: torch.device, checkpoint: Path | None = None) -> TrainState:
@@ -111,24 +91,33 @@ def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float
 
     Raises:
         ReddiffError: the loss is not finite (the weights are left as they were).
+        KeyboardInterrupt: before the weights change, the random states are rewound and ``state`` is as it was;
+            while they change, ``state.updating`` stays True (the state is torn and must not be saved).
     """
     model, opt, step = state.model, state.optimizer, state.step
     device = next(model.parameters()).device
-    x0 = state.sampler.sample(cfg.batch_size).to(device)
-    t = draw_timesteps(cfg.batch_size, abar.numel(), cfg.low_t, cfg.low_t_max, state.generator)
-    eps = torch.randn(x0.shape, generator=state.generator).to(device)
-    a = abar[t].view(-1, 1, 1, 1).to(device)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    for group in opt.param_groups:
-        group["lr"] = learning_rate(cfg, step)
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        pred = model(x_t, t.to(device))
-    loss = (pred.float() - eps).pow(2).mean()
-    if not torch.isfinite(loss):
-        raise ReddiffError(f"training diverged at step {step} (loss {float(loss)}); try a smaller --lr")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    rewind = state.sampler.state_dict(), state.generator.get_state()
+    try:
+        x0 = state.sampler.sample(cfg.batch_size).to(device)
+        t = draw_timesteps(cfg.batch_size, abar.numel(), cfg.low_t, cfg.low_t_max, state.generator)
+        eps = torch.randn(x0.shape, generator=state.generator).to(device)
+        a = abar[t].view(-1, 1, 1, 1).to(device)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = model(x_t, t.to(device))
+        loss = (pred.float() - eps).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise ReddiffError(f"training diverged at step {step} (loss {float(loss.detach())}); try a smaller --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    except KeyboardInterrupt:
+        state.sampler.load_state_dict(rewind[0])
+        state.generator.set_state(rewind[1])
+        raise
+    state.updating = True
     opt.step()
     with torch.no_grad():
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
@@ -139,55 +128,32 @@ def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float
     value = float(loss.detach())
     state.step = step + 1
     state.history.append((state.step, value))
+    state.updating = False
     return value
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90 * 60:
-        return f"{max(round(seconds / 60), 1)} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def estimate_line(seconds_per_step: float, steps: int, device: torch.device, resumed: bool = False) -> str:
-    """The one-line time estimate of a run of ``steps`` steps, with a hint to use a GPU when on the CPU."""
-    where = f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
-    line = (f"train: {seconds_per_step:.3g} s/step on {where}: {steps:,}{' more' if resumed else ''} steps take about "
-            f"{_duration(seconds_per_step * steps)}")
-    return line + ("; use a CUDA GPU (--device cuda) for long runs" if device.type == "cpu" else "")
-
-
-class _Estimate:
-    """Times the steps after the first few of a run and says once how long the whole run takes."""
-
-    def __init__(self, first: int, last: int, device: torch.device, say: Callable[[str], None]) -> None:
-        self.first, self.last, self.device, self.say = first, last, device, say
-        self.done = last - first < ESTIMATE_MIN_STEPS
-        self.start = 0.0
-
-    def tick(self, step: int) -> None:
-        """Call after each step with the number of steps done."""
-        if self.done:
-            return
-        if step == self.first + 1:
-            self.start = time.perf_counter()
-        elif step == self.first + 1 + ESTIMATE_STEPS:
-            self.done = True
-            per_step = (time.perf_counter() - self.start) / ESTIMATE_STEPS
-            if per_step * (self.last - step) >= ESTIMATE_MIN_SECONDS:
-                self.say(estimate_line(per_step, self.last - self.first, self.device, resumed=self.first > 0))
-
-
-def _say_stderr(line: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(line, file=sys.stderr)  # above a progress bar, not through it
 
 
 def _mean_loss(history: list[tuple[int, float]], n: int) -> float:
     recent = [v for _, v in history[-n:]]
     return sum(recent) / max(len(recent), 1)
+
+
+def _run(state: TrainState, cfg: TrainConfig, ckpt_path: Path, progress: bool,
+         on_step: Callable[[int, float], None] | None, estimate: Estimate) -> None:
+    """Step until ``cfg.steps``, with the progress bar, the callbacks and the periodic checkpoints."""
+    from tqdm.auto import tqdm
+
+    abar = VPSchedule().abar.to(torch.float32)
+    with tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress, dynamic_ncols=True) as bar:
+        while state.step < cfg.steps:
+            value = train_step(state, cfg, abar)
+            bar.update(1)
+            if state.step % 10 == 0:
+                bar.set_postfix(loss=f"{_mean_loss(state.history, 100):.4f}")
+            estimate.tick(state.step)
+            if on_step is not None:
+                on_step(state.step, value)
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                save_checkpoint(state, cfg, ckpt_path)
 
 
 def train(
@@ -198,6 +164,10 @@ def train(
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue training) a diffusion prior and export its EMA weights.
+
+    Every setting is checked before anything is written. Ctrl-C (or SIGTERM turned into ``KeyboardInterrupt``)
+    saves the steps done since the last checkpoint, or, before the first step of a new run, removes the folders
+    the run created; either way it raises :class:`~reddiff.errors.Interrupted` with one line saying so.
 
     Args:
         cfg: the settings.
@@ -212,47 +182,41 @@ def train(
         A summary: steps done, final smoothed loss, seconds, paths of the checkpoint, export and loss curve.
 
     Raises:
-        ReddiffError: bad settings, existing outputs without ``resume``, or a checkpoint from other settings.
+        ReddiffError: bad settings, existing outputs without ``resume``, a checkpoint from other settings, or a
+            diverged loss.
+        Interrupted: Ctrl-C or SIGTERM; its message says what was kept.
     """
-    from tqdm.auto import tqdm
-
     from ...io import write_json
 
     cfg.validate()
     out = Path(cfg.out)
-    ckpt_path = _check_outputs(out, resume)
+    ckpt_path = check_outputs(out, resume)
     device = resolve_device(cfg.device)
-    state = setup(cfg, device, ckpt_path if resume else None)
-    abar = VPSchedule().abar.to(torch.float32)
-    out.mkdir(parents=True, exist_ok=True)
-
-    t0 = time.perf_counter()
-    estimate = _Estimate(state.step, cfg.steps, device, say or _say_stderr)
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress, dynamic_ncols=True)
-    while state.step < cfg.steps:
-        value = train_step(state, cfg, abar)
-        bar.update(1)
-        if state.step % 10 == 0:
-            bar.set_postfix(loss=f"{_mean_loss(state.history, 100):.4f}")
-        estimate.tick(state.step)
-        if on_step is not None:
-            on_step(state.step, value)
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            save_checkpoint(state, cfg, ckpt_path)
-    bar.close()
-
-    export = export_prior(state, out / EXPORT)
-    curve = plot_loss_curve(state.history, out / "loss.png")
-    summary = {
-        "steps": state.step,
-        "final_loss": _mean_loss(state.history, 200),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "device": str(device),
-        "parameters": sum(p.numel() for p in state.model.parameters()),
-        "checkpoint": str(ckpt_path),
-        "export": str(export),
-        "loss_curve": str(curve) if curve else None,
-        "config": asdict(cfg),
-    }
-    write_json(summary, out / "train.json")
-    return summary
+    created = folders_to_create(out)
+    state: TrainState | None = None
+    try:
+        state = setup(cfg, device, ckpt_path if resume else None)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        _run(state, cfg, ckpt_path, progress, on_step, Estimate(state.step, cfg.steps, device, say or say_stderr))
+        export = export_prior(state, out / EXPORT)
+        curve = plot_loss_curve(state.history, out / "loss.png")
+        summary = {
+            "steps": state.step,
+            "final_loss": _mean_loss(state.history, 200),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "device": str(device),
+            "parameters": sum(p.numel() for p in state.model.parameters()),
+            "checkpoint": str(ckpt_path),
+            "export": str(export),
+            "loss_curve": str(curve) if curve else None,
+            "config": asdict(cfg),
+        }
+        write_json(summary, out / "train.json")
+        return summary
+    except KeyboardInterrupt:
+        raise interrupted(state, cfg, ckpt_path, created) from None
+    except BaseException:
+        if state is None or state.saved_step == 0:
+            remove_empty_folders(created)
+        raise
