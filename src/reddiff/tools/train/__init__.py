@@ -5,8 +5,9 @@ AdamW, gradient clipping, an exponential moving average (EMA) of the weights (th
 periodic checkpoints that ``resume`` continues exactly, a loss curve, and export to ``prior.safetensors`` +
 ``prior.json`` that :func:`reddiff.load_prior` reads. On the CPU a run is deterministic for a given seed.
 
-The rooms: :mod:`.config` (settings, schedules), :mod:`.checkpoint` (what is kept on disk), :mod:`.loop` (setup,
-one step, the driver).
+The rooms: :mod:`.config` (settings, checked before anything is written), :mod:`.checkpoint` (what is kept on
+disk, also when a run is interrupted), :mod:`.estimate` (the time estimate said early in a long run) and
+:mod:`.loop` (setup, one step, the driver).
 """
 
 from .checkpoint import CHECKPOINT, EXPORT, TrainState, export_prior, plot_loss_curve, read_checkpoint, save_checkpoint

@@ -37,6 +37,7 @@ from .estimate import Estimate, say_stderr
 
 __all__ = ["setup", "train_step", "train"]
 
+
 def _images(cfg: TrainConfig) -> list[np.ndarray]:
     pairs = builtin_training_images() if cfg.data == "builtin" else folder_images(cfg.data)
     return [im for _, im in pairs]
@@ -79,7 +80,7 @@ def setup(cfg: TrainConfig, device: torch.device, checkpoint: Path | None = None
 
 
 def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float:
-    """One optimisation step of the ε-MSE loss, the EMA update, and ``state.step += 1``.
+    """One optimisation step of the ε-MSE loss (Ho et al. 2020, eq. 14), the EMA update, and ``state.step += 1``.
 
     Args:
         state: the run (changed in place).
@@ -117,6 +118,7 @@ def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float
         state.sampler.load_state_dict(rewind[0])
         state.generator.set_state(rewind[1])
         raise
+    value = float(loss.detach())
     state.updating = True
     opt.step()
     with torch.no_grad():
@@ -125,7 +127,6 @@ def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float
             pe.lerp_(pm, 1 - decay)
         for be, bm in zip(state.ema.buffers(), model.buffers()):
             be.copy_(bm)
-    value = float(loss.detach())
     state.step = step + 1
     state.history.append((state.step, value))
     state.updating = False
@@ -214,8 +215,8 @@ def train(
         }
         write_json(summary, out / "train.json")
         return summary
-    except KeyboardInterrupt:
-        raise interrupted(state, cfg, ckpt_path, created) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the caller turns it into one (the cause)
+        raise interrupted(state, cfg, ckpt_path, created) from exc
     except BaseException:
         if state is None or state.saved_step == 0:
             remove_empty_folders(created)
