@@ -100,12 +100,7 @@ def run_case(case, priors: dict) -> dict[str, float]:
         with torch.no_grad():
             ys.append(noise.sample(op.A(x[i : i + 1]), g))
         ops.append(op)
-    if batch == 1 or task in ("sr:4", "denoise"):  # deterministic operators: one for the whole batch
-        op = ops[0]
-    else:
-        from reddiff.operators.stacked import StackedOperator
-
-        op = StackedOperator(ops)
+    op = ops[0] if task in ("sr:4", "denoise") else reddiff.operators.stack(ops)  # deterministic: one for the batch
     y = torch.cat(ys)
     if "preset" in fields:
         fields = preset_fields(fields["preset"])

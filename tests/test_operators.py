@@ -382,8 +382,8 @@ def test_dtype_follows_input() -> None:
 @pytest.mark.parametrize(
     ("task", "shape", "match"),
     [
-        ("superres", SHAPE, r"unknown task 'superres'; valid tasks: denoise, .*colorize"),
-        ("sr:x", SHAPE, r"bad parameter 'x' in task 'sr:x': sr takes an integer factor >= 2"),
+        ("superres", SHAPE, r"unknown task 'superres'; valid tasks: bicubic, colorize, .*denoise"),
+        ("sr:x", SHAPE, r"bad parameter 'x' in task 'sr:x': sr takes an integer F >= 2"),
         ("sr:1", SHAPE, r"bad parameter '1'.*>= 2"),
         ("sr:2.5", SHAPE, r"bad parameter '2.5'"),
         ("inpaint-random:1.5", SHAPE, r"bad parameter '1.5' in task 'inpaint-random:1.5'.*0 < P < 1"),

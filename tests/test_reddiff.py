@@ -8,19 +8,16 @@ import pytest
 import torch
 
 from reddiff import DiffusionPrior, Problem, RedDiff, SolverError
+from reddiff.operators import LinearOperator
 from reddiff.solvers.reddiff import WEIGHTINGS
 
 
-class MatOp(torch.nn.Module):
+class MatOp(LinearOperator):
     """y = M x on flattened samples: a small dense linear operator for tests."""
 
     def __init__(self, m: torch.Tensor, x_shape):
-        super().__init__()
+        super().__init__(tuple(x_shape), (m.shape[0],), "matrix")
         self.register_buffer("m", m)
-        self.x_shape = tuple(x_shape)
-        self.y_shape = (m.shape[0],)
-        self.task = "matrix"
-        self.linear = True
 
     def A(self, x):
         return x.flatten(1) @ self.m.T
@@ -106,15 +103,24 @@ def test_weightings(name):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(weighting="cubic"), "unknown weighting 'cubic'; accepted: linear"),
-        (dict(steps=0), "steps must be >= 1"),
-        (dict(lr=0.0), "lr must be"),
+        (dict(weighting="cubic"), "RED-diff: weighting must be one of linear, sqrt, .*, got 'cubic'"),
+        (dict(steps=0), "steps must be an integer >= 1, got 0"),
+        (dict(steps=2.5), "steps must be an integer >= 1, got 2.5"),
+        (dict(steps="10"), "steps must be an integer >= 1, got '10'"),
+        (dict(lr=0.0), "lr must be a number > 0, got 0.0"),
         (dict(lr=float("nan")), "lr must be"),
-        (dict(lam=-1.0), "lam must be"),
-        (dict(init="magic"), "unknown init"),
-        (dict(optimizer="nonsense"), "unknown optimizer"),
-        (dict(order="sideways"), "unknown timestep order"),
-        (dict(data_term="sum"), "unknown data_term"),
+        (dict(lam=-1.0), "lam must be a number >= 0"),
+        (dict(lam=True), "lam must be"),
+        (dict(init="magic"), "init must be one of pinv, classical"),
+        (dict(optimizer="nonsense"), "unknown optimizer 'nonsense'; accepted: adam"),
+        (dict(optimizer="LBFGS"), "cannot use optimizer 'LBFGS': it needs a closure"),
+        (dict(optimizer="sparseadam"), "cannot use optimizer 'sparseadam': it needs sparse gradients"),
+        (dict(optimizer="muon"), "cannot use optimizer 'muon'"),
+        (dict(order="sideways"), "order must be one of descending, ascending, random"),
+        (dict(data_term="sum"), "data_term must be one of mean, paper"),
+        (dict(betas=(0.9,)), "betas must be 2 comma-separated numbers"),
+        (dict(optimizer_kwargs=[1]), "optimizer_kwargs must be a JSON object"),
+        (dict(t_max=-1), "t_max must be an integer >= 0 \\(or none\\)"),
     ],
 )
 def test_bad_settings_are_one_clear_error(kwargs, match):
@@ -226,7 +232,7 @@ def test_t_max_and_lr_schedule():
     RedDiff(steps=30, lr=0.01, t_max=10)(prior, Problem(y, op, 0.1), torch.Generator().manual_seed(0), infos.append)
     ts = [i.t for i in infos]
     assert ts[0] == 10 and ts[-1] == 0 and ts == sorted(ts, reverse=True)  # 30 steps over 11 timesteps: repeats
-    with pytest.raises(SolverError, match="unknown lr_schedule"):
+    with pytest.raises(SolverError, match="lr_schedule must be one of constant, linear, cosine"):
         RedDiff(lr_schedule="step")
     # a linear decay: with SGD the second of two steps uses half the learning rate
     lr = 0.05

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reddiff import DiffusionPrior, ReddiffError, VPSchedule
+from reddiff.runtime import count_evals
 
 
 def test_linear_schedule_matches_closed_form():
@@ -86,11 +87,12 @@ def test_predict_tweedie_and_learned_sigma():
     t = torch.tensor([10, 700])
     for ls in (False, True):
         prior = DiffusionPrior(ScaleNet(learned_sigma=ls).double(), learned_sigma=ls)
-        eps, x0 = prior.predict(x_t, t)
+        with count_evals(prior) as evals:
+            eps, x0 = prior.predict(x_t, t)
         assert torch.allclose(eps, 0.5 * x_t)
         abar = VPSchedule().abar[t].view(2, 1, 1, 1)
         assert torch.allclose(x0, (x_t - (1 - abar).sqrt() * eps) / abar.sqrt(), atol=1e-12)
-        assert prior.num_evals == 1
+        assert evals.count == 1 and isinstance(prior.network, ScaleNet)  # the counter unwraps afterwards
 
 
 def test_data_range_defaults_to_images_and_is_checked():

@@ -14,10 +14,7 @@ from torch import nn
 from .errors import ReddiffError
 from .schedule import VPSchedule
 
-__all__ = ["DiffusionPrior", "load_prior", "PRECISIONS"]
-
-#: Network precisions: name -> autocast dtype (None: no autocast).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["DiffusionPrior", "load_prior"]
 
 
 class DiffusionPrior(nn.Module):
@@ -25,7 +22,8 @@ class DiffusionPrior(nn.Module):
 
     The prior owns the network and the schedule, so solvers never slice network outputs or look up ``abar``
     themselves. Learned-σ networks (guided-diffusion's ``learn_sigma=True``, 2C output channels of which the
-    first C are ε) are handled here by configuration.
+    first C are ε) are handled here by configuration. How the network runs (precision, memory format, compilation,
+    evaluation counting) is not the prior's concern: see :mod:`reddiff.runtime`.
 
     Images whose height or width is not a multiple of ``network.size_multiple`` are padded (reflect, or
     replicate where the image is too small to reflect) to the next multiple before the network and cropped back
@@ -63,39 +61,6 @@ class DiffusionPrior(nn.Module):
             data_range = (low, high)
         self.data_range: tuple[float, float] | None = data_range
         self.register_buffer("abar", self.schedule.abar.clone(), persistent=False)
-        #: number of network evaluations so far (one per sample batch); reset freely.
-        self.num_evals = 0
-        self.precision = "fp32"
-        self.channels_last = False
-        self.compiled = False
-        object.__setattr__(self, "_compiled_network", None)
-
-    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> DiffusionPrior:
-        """Choose the network's fast paths (each on or off; results stay close to fp32).
-
-        Args:
-            precision: ``fp32`` (default), ``bf16`` or ``fp16``: autocast of the network forward only; inputs,
-                outputs, the solver's variables and optimizer state stay in their own dtype (fp32).
-            channels_last: run the network in channels-last memory format (faster convolutions on GPUs).
-            compile: ``torch.compile`` the network (first call compiles; pays off over many steps).
-
-        Returns:
-            ``self``.
-        """
-        if precision not in PRECISIONS:
-            raise ReddiffError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-        self.precision = precision
-        if channels_last and isinstance(self.network, nn.Module):
-            self.network.to(memory_format=torch.channels_last)
-        self.channels_last = bool(channels_last)
-        self.compiled = bool(compile)
-        object.__setattr__(self, "_compiled_network", torch.compile(self.network) if compile else None)
-        return self
-
-    @property
-    def runtime(self) -> dict[str, Any]:
-        """The fast paths in use (recorded in run files)."""
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compiled}
 
     # -- schedule helpers ------------------------------------------------------------------------------------
     @property
@@ -139,13 +104,7 @@ class DiffusionPrior(nn.Module):
                 mode = "reflect" if ph < h and pw < w else "replicate"
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
                 crop = (h, w)
-        if self.channels_last and inp.dim() == 4:
-            inp = inp.contiguous(memory_format=torch.channels_last)
-        net = self._compiled_network if self._compiled_network is not None else self.network
-        dtype = PRECISIONS[self.precision]
-        with torch.autocast(device_type=inp.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = net(inp, t)
-        self.num_evals += 1
+        out = self.network(inp, t)
         if self.learned_sigma:
             out = out[:, : x_t.shape[1]]
         if crop is not None:
@@ -203,6 +162,8 @@ def load_prior(
     """
     from .networks.loading import load_network
 
+    if not isinstance(spec, str | Path) or not str(spec).strip():
+        raise ReddiffError(f"prior must be a name (see `reddiff list priors`) or a checkpoint path, got {spec!r}")
     network, info = load_network(spec, config, progress=progress)
     prior = DiffusionPrior(network, VPSchedule(), learned_sigma=bool(info.get("learned_sigma")), info=info)
     if device is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from reddiff.operators.base import (
     LinearOperator,
     Operator,
+    SelectionOperator,
     SeparableOperator,
     SVDOperator,
     conjugate_gradient,
@@ -38,8 +39,17 @@ from reddiff.operators.inpainting import (
 from reddiff.operators.jpeg import JPEG
 from reddiff.operators.phase import PhaseRetrieval
 from reddiff.operators.pointwise import HDR, Quantize, round_ste
-from reddiff.operators.registry import TASKS, make_operator, parse_task, split_composite, x_shape_from_measurement
+from reddiff.operators.registry import (
+    TASKS,
+    TaskSpec,
+    TaskString,
+    make_operator,
+    parse_task,
+    register_task,
+    x_shape_from_measurement,
+)
 from reddiff.operators.resampling import Bicubic, BlockAverage, bicubic_matrix
+from reddiff.operators.stacked import StackedOperator, stack
 from reddiff.operators.user import CallableOperator, LinearCallableOperator, load_user_operator
 
 __all__ = [
@@ -62,6 +72,10 @@ __all__ = [
     "PhaseRetrieval",
     "Quantize",
     "SVDOperator",
+    "SelectionOperator",
+    "StackedOperator",
+    "TaskSpec",
+    "TaskString",
     "SeparableBlur",
     "SeparableOperator",
     "bicubic_matrix",
@@ -79,7 +93,8 @@ __all__ = [
     "parse_task",
     "random_mask",
     "round_ste",
-    "split_composite",
+    "register_task",
+    "stack",
     "toeplitz_same",
     "uniform_first_basis",
     "uniform_kernel_1d",

@@ -23,6 +23,13 @@ built-in operator ``r == m``):
 * ``U(z)``: ``[B, r] -> [B, *y_shape]``; ``Ut(U(z)) == z``.
 
 So ``A(x) == U(s * Vt(x)[:, :r])``.
+
+Optional capabilities are declared here, on the base classes, with documented defaults, and solvers check them by
+type: linear operators are :class:`LinearOperator` (``A_adjoint``, ``A_dagger``), SVD-structured ones
+:class:`SVDOperator`. The estimates solvers start from are methods of every operator that return ``None`` when the
+operator has none of its own (:meth:`Operator.initial_estimate`, :meth:`Operator.classical_estimate`);
+:meth:`Operator.inverse_estimate` is the rough inverse a solver starts from (the operator's own initial estimate,
+else ``A_dagger`` for linear operators).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ __all__ = [
     "Operator",
     "LinearOperator",
     "SVDOperator",
+    "SelectionOperator",
     "SeparableOperator",
     "conjugate_gradient",
     "uniform_first_basis",
@@ -139,6 +147,25 @@ class Operator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Same as :meth:`A`."""
         return self.A(x)
+
+    # -- optional capabilities (defaults: none of its own) -------------------------------------------------------
+    def initial_estimate(self, y: Tensor) -> Tensor | None:
+        """The operator's own rough inverse of ``y`` (``[B, *x_shape]``), or None when it has none.
+
+        Operators override this where a better start than the plain pseudo-inverse exists (a blur's truncated
+        pseudo-inverse, phase retrieval's HIO, ``y / factor`` for HDR). Default: None.
+        """
+        return None
+
+    def classical_estimate(self, y: Tensor) -> Tensor | None:
+        """A prior-free classical restoration of ``y`` (bicubic back-projection for block averaging,
+        normalised-convolution filling for inpainting), or None when the operator has none. Default: None."""
+        return None
+
+    def inverse_estimate(self, y: Tensor) -> Tensor | None:
+        """The rough inverse solvers start from: :meth:`initial_estimate`, else None (linear operators fall back to
+        ``A_dagger``)."""
+        return self.initial_estimate(y)
 
     # -- description --------------------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -247,6 +274,11 @@ class LinearOperator(Operator):
         z = conjugate_gradient(lambda v: self.A(self.A_adjoint(v)), y, iters=iters, tol=tol)
         return self.A_adjoint(z)
 
+    def inverse_estimate(self, y: Tensor) -> Tensor:
+        """:meth:`initial_estimate` where the operator has its own, else ``A_dagger(y)``."""
+        own = self.initial_estimate(y)
+        return own if own is not None else self.A_dagger(y)
+
 
 class SVDOperator(LinearOperator):
     """A linear operator given by its singular value decomposition ``A = U diag(s) V^T``.
@@ -330,6 +362,26 @@ class SVDOperator(LinearOperator):
             ``[B, *x_shape]``.
         """
         return self.V(self._pad(self.pinv_singulars(y, rtol) * self.Ut(y)))
+
+
+class SelectionOperator(SVDOperator):
+    """An SVD operator with ``U = I``: an orthonormal change of basis ``V^T``, then the first ``r`` coefficients
+    scaled by the singular values, ``A(x) = s * Vt(x)[:, :r]`` reshaped to ``y_shape``.
+
+    Inpainting (a permutation), block averaging and colorization (a per-block / per-pixel basis whose first vector
+    is uniform), compressed sensing (a random orthonormal transform) and the identity are of this kind; they
+    implement :meth:`singulars`, :meth:`Vt` and :meth:`V` (and may override :meth:`A`, :meth:`A_adjoint`,
+    :meth:`A_dagger` with faster equivalents), and inherit ``U`` / ``U^T``: reshaping between ``[B, r]`` and
+    ``[B, *y_shape]``.
+    """
+
+    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
+        self._check_y(y)
+        return y.flatten(1)
+
+    def U(self, z: Tensor) -> Tensor:  # noqa: N802
+        self._check(z, (self.r,), "spectral vector")
+        return z.reshape(z.shape[0], *self.y_shape)
 
 
 class SeparableOperator(SVDOperator):

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from reddiff.errors import OperatorError
 from reddiff.operators.base import LinearOperator, SeparableOperator
+from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = [
     "SeparableBlur",
@@ -258,3 +260,27 @@ class Convolution2D(LinearOperator):
         padded = F.pad(y, (cw, size[1] - cw - self.x_shape[2], ch, size[0] - ch - self.x_shape[1]))
         full = torch.fft.irfft2(torch.fft.rfft2(padded, s=size) * self._kernel_fft(y).conj(), s=size)
         return full[..., : self.x_shape[1], : self.x_shape[2]]
+
+
+#: Side of the Gaussian and motion blur kernels (61x61, as in DPS).
+GAUSS_KERNEL_SIZE = 61
+MOTION_KERNEL_SIZE = 61
+
+register_task(TaskSpec(
+    name="deblur-gauss", doc=f"deblurring: {GAUSS_KERNEL_SIZE}x{GAUSS_KERNEL_SIZE} Gaussian blur of SIGMA pixels",
+    param=float, symbol="SIGMA", default=3.0, check=Range(low=0.0, low_open=True),
+    build=lambda p, c: SeparableBlur(gaussian_kernel_1d(GAUSS_KERNEL_SIZE, p), c.shape, c.task,
+                                     {"sigma": p, "kernel": "gaussian"}),
+))
+register_task(TaskSpec(
+    name="deblur-uniform", doc="deblurring: K x K uniform (box) blur",
+    param=int, symbol="K", default=9, check=Range(low=1, integer=True, odd=True),
+    build=lambda p, c: SeparableBlur(uniform_kernel_1d(p), c.shape, c.task, {"kernel": "uniform"}),
+))
+register_task(TaskSpec(
+    name="deblur-motion",
+    doc=f"deblurring: {MOTION_KERNEL_SIZE}x{MOTION_KERNEL_SIZE} random camera-shake kernel (DPS-style)",
+    param=float, symbol="INTENSITY", default=0.5, check=Range(low=0.0, high=1.0),
+    build=lambda p, c: Convolution2D(motion_kernel(MOTION_KERNEL_SIZE, p, c.generator), c.shape, c.task,
+                                     {"intensity": p, "kernel": "motion"}),
+))

@@ -9,12 +9,13 @@ import torch
 from torch import Tensor
 
 from reddiff.errors import OperatorError
-from reddiff.operators.base import SVDOperator, uniform_first_basis
+from reddiff.operators.base import SelectionOperator, uniform_first_basis
+from reddiff.operators.registry import TaskSpec, register_task
 
 __all__ = ["Colorization"]
 
 
-class Colorization(SVDOperator):
+class Colorization(SelectionOperator):
     """``y = (x_R + x_G + x_B) / 3``, shape ``[B, 1, H, W]``.
 
     SVD, per pixel: ``V`` is the 3x3 orthonormal basis ``Q`` whose first column is ``(1, 1, 1) / sqrt(3)``
@@ -49,13 +50,6 @@ class Colorization(SVDOperator):
         self._check(z, (self.n,), "spectral vector")
         z = z.reshape(z.shape[0], *self.x_shape)
         return torch.einsum("bkhw,ck->bchw", z, self._cast(self.basis, z))
-
-    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
-        self._check_y(y)
-        return y.flatten(1)
-
-    def U(self, z: Tensor) -> Tensor:  # noqa: N802
-        self._check(z, (self.r,), "spectral vector")
         return z.reshape(z.shape[0], *self.y_shape)
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
@@ -89,3 +83,7 @@ class Colorization(SVDOperator):
                 f"got [{', '.join(map(str, img.shape))}]"
             )
         return img.mean(dim=1, keepdim=True) if img.shape[1] == 3 else img
+
+
+register_task(TaskSpec(name="colorize", doc="colorization: y = mean of the 3 colour channels",
+                       build=lambda _p, c: Colorization(c.shape, c.task)))

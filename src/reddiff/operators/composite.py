@@ -18,21 +18,12 @@ from reddiff.operators.base import LinearOperator, Operator
 __all__ = ["Composite", "LinearComposite", "compose"]
 
 
-def _inverse_step(op: Any) -> Any:
-    """The part's own rough inverse: ``initial_estimate`` where defined, else ``A_dagger``, else None."""
-    for name in ("initial_estimate", "A_dagger"):
-        fn = getattr(op, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
 class Composite(Operator):
     """``A(x) = parts[-1](... parts[0](x))``.
 
-    :meth:`initial_estimate` (offered when every part has ``initial_estimate`` or ``A_dagger``) inverts the chain
-    backwards, each part with its ``initial_estimate`` if it has one, else its ``A_dagger``. The measurement image
-    (:meth:`y_to_image`, :meth:`image_to_y`) is the last part's.
+    :meth:`initial_estimate` inverts the chain backwards, each part with its :meth:`~Operator.inverse_estimate`
+    (its own initial estimate, else ``A_dagger`` for a linear part); it is None when some part has neither. The
+    measurement image (:meth:`y_to_image`, :meth:`image_to_y`) is the last part's.
 
     Args:
         parts: The operators, in the order they are applied; ``parts[i].y_shape == parts[i + 1].x_shape``.
@@ -54,9 +45,6 @@ class Composite(Operator):
         name = task if task is not None else "+".join(op.task for op in ops)
         super().__init__(ops[0].x_shape, ops[-1].y_shape, name)
         self.parts = nn.ModuleList(ops)
-        self._inverses_available = all(_inverse_step(op) is not None for op in ops)
-        if not self._inverses_available:
-            self.initial_estimate = None  # type: ignore[assignment,method-assign]
 
     def params(self) -> dict[str, Any]:
         return {"parts": [{"task": op.task, **op.params()} for op in self.parts]}
@@ -67,12 +55,23 @@ class Composite(Operator):
             x = op.A(x)
         return x
 
-    def initial_estimate(self, y: Tensor) -> Tensor:
-        """Invert the parts backwards (each part's ``initial_estimate``, else its ``A_dagger``)."""
+    def _invert_backwards(self, y: Tensor) -> tuple[Tensor | None, bool]:
+        """The backwards chain of the parts' inverse estimates, and whether some part used an estimate of its own."""
         self._check_y(y)
+        own = False
         for op in reversed(self.parts):
-            y = _inverse_step(op)(y)
-        return y
+            est = op.initial_estimate(y)
+            own = own or est is not None
+            if est is None:
+                est = op.inverse_estimate(y)
+            if est is None:
+                return None, own
+            y = est
+        return y, own
+
+    def initial_estimate(self, y: Tensor) -> Tensor | None:
+        """The parts inverted backwards (each part's initial estimate, else its ``A_dagger``), or None."""
+        return self._invert_backwards(y)[0]
 
     def y_to_image(self, y: Tensor) -> Tensor:
         return self.parts[-1].y_to_image(y)
@@ -84,16 +83,10 @@ class Composite(Operator):
 class LinearComposite(Composite, LinearOperator):
     """A composite of linear parts: ``A^T`` is the reversed chain of adjoints, ``A^+`` by conjugate gradients.
 
-    :meth:`initial_estimate` (the backwards chain of the parts' own inverses) is offered only when some part defines
-    its own ``initial_estimate`` (e.g. a blur's regularised pseudo-inverse); otherwise solvers use ``A_dagger``.
+    :meth:`initial_estimate` (the backwards chain of the parts' own inverses) is not None only when some part has an
+    initial estimate of its own (e.g. a blur's regularised pseudo-inverse); otherwise solvers start from the
+    composite's ``A_dagger``.
     """
-
-    linear = True
-
-    def __init__(self, parts: Sequence[LinearOperator], task: str | None = None) -> None:
-        super().__init__(parts, task)
-        if not any(callable(getattr(op, "initial_estimate", None)) for op in self.parts):
-            self.initial_estimate = None  # type: ignore[assignment,method-assign]
 
     def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
         self._check_y(y)
@@ -101,10 +94,14 @@ class LinearComposite(Composite, LinearOperator):
             y = op.A_adjoint(y)
         return y
 
+    def initial_estimate(self, y: Tensor) -> Tensor | None:
+        est, own = self._invert_backwards(y)
+        return est if own else None
+
 
 def compose(parts: Sequence[Operator], task: str | None = None) -> Composite:
-    """A :class:`LinearComposite` when every part is linear (has ``A_adjoint``), else a :class:`Composite`."""
+    """A :class:`LinearComposite` when every part is a :class:`LinearOperator`, else a :class:`Composite`."""
     ops = list(parts)
-    if ops and all(getattr(op, "linear", False) and callable(getattr(op, "A_adjoint", None)) for op in ops):
+    if ops and all(isinstance(op, LinearOperator) for op in ops):
         return LinearComposite(ops, task)
     return Composite(ops, task)

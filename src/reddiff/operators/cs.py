@@ -18,13 +18,15 @@ import torch
 from torch import Tensor
 
 from reddiff.errors import OperatorError
-from reddiff.operators.base import SVDOperator
+from reddiff.operators.base import SelectionOperator
 from reddiff.operators.jpeg import dct_matrix
+from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = ["CompressedSensing"]
 
 
-class CompressedSensing(SVDOperator):
+class CompressedSensing(SelectionOperator):
     """``y = S C D P x`` (see the module docstring): ``m = max(1, round(ratio * n))`` orthonormal random measurements.
 
     SVD: all ``m`` singular values are 1, ``U = I``, and ``Vt(x)`` is ``T x`` reordered to
@@ -89,13 +91,6 @@ class CompressedSensing(SVDOperator):
     def V(self, z: Tensor) -> Tensor:  # noqa: N802
         self._check(z, (self.n,), "spectral vector")
         return self._tt(z[:, self.inv_order])
-
-    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
-        self._check_y(y)
-        return y
-
-    def U(self, z: Tensor) -> Tensor:  # noqa: N802
-        self._check(z, (self.r,), "spectral vector")
         return z
 
     # -- fast paths ---------------------------------------------------------------------------------------------
@@ -121,3 +116,12 @@ class CompressedSensing(SVDOperator):
         """``A img`` (inverse of :meth:`y_to_image`)."""
         self._check(img, self.x_shape, "measurement image")
         return self.A(img)
+
+
+register_task(TaskSpec(
+    name="cs",
+    doc="compressed sensing: a fraction RATIO of the coefficients of a random orthonormal transform (permutation, "
+    "signs, 2-D DCT)",
+    param=float, symbol="RATIO", default=0.25, check=Range(low=0.0, high=1.0, low_open=True),
+    build=lambda p, c: CompressedSensing(c.shape, p, c.generator, c.task),
+))

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from reddiff.operators.base import SVDOperator
+from reddiff.operators.base import SelectionOperator
+from reddiff.operators.registry import TaskSpec, register_task
 
 __all__ = ["Identity"]
 
 
-class Identity(SVDOperator):
+class Identity(SelectionOperator):
     """``A(x) = x`` (denoising). SVD: ``U = V = I`` (flattening), all singular values 1.
 
     Args:
@@ -35,13 +36,6 @@ class Identity(SVDOperator):
     def V(self, z: Tensor) -> Tensor:  # noqa: N802
         self._check(z, (self.n,), "spectral vector")
         return z.reshape(z.shape[0], *self.x_shape)
-
-    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
-        self._check_y(y)
-        return y.flatten(1)
-
-    def U(self, z: Tensor) -> Tensor:  # noqa: N802
-        self._check(z, (self.n,), "spectral vector")
         return z.reshape(z.shape[0], *self.y_shape)
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
@@ -55,3 +49,6 @@ class Identity(SVDOperator):
     def A_dagger(self, y: Tensor, **kwargs: object) -> Tensor:  # noqa: N802
         self._check_y(y)
         return y
+
+
+register_task(TaskSpec(name="denoise", doc="denoising: A = identity", build=lambda _p, c: Identity(c.shape, c.task)))

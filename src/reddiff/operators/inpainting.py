@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from reddiff.errors import OperatorError
-from reddiff.operators.base import SVDOperator
+from reddiff.operators.base import SelectionOperator
+from reddiff.operators.registry import BuildContext, TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = [
     "Inpainting",
@@ -39,7 +41,7 @@ def mask_sha256(mask: Tensor) -> str:
     return digest.hexdigest()
 
 
-class Inpainting(SVDOperator):
+class Inpainting(SelectionOperator):
     """Keep the observed pixels: ``y = x[:, :, mask]`` flattened to ``[B, C * n_observed]``.
 
     ``y`` holds the observed entries only (channel-major: all observed pixels of channel 0, then channel 1, ...),
@@ -122,13 +124,6 @@ class Inpainting(SVDOperator):
         out[:, :, self.obs_idx] = z[:, :r].reshape(b, c, -1)
         out[:, :, self.miss_idx] = z[:, r:].reshape(b, c, -1)
         return out.view(b, c, h, w)
-
-    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
-        self._check_y(y)
-        return y
-
-    def U(self, z: Tensor) -> Tensor:  # noqa: N802
-        self._check(z, (self.r,), "spectral vector")
         return z
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
@@ -349,3 +344,50 @@ def load_mask(path: str | Path, shape: tuple[int, ...]) -> Tensor:
         )
     observed = grey > 0 if int(grey.max(initial=0)) <= 1 else grey >= 128
     return torch.from_numpy(observed.copy())
+
+
+# -- tasks --------------------------------------------------------------------------------------------------------
+
+
+def _inpaint(mask: Tensor, c: BuildContext, extra: dict[str, Any] | None = None) -> Inpainting:
+    return Inpainting(mask, channels=c.shape[0], task=c.task, extra_params=extra)
+
+
+def _build_box(_p: Any, c: BuildContext) -> Inpainting:
+    mask, box = box_mask(c.shape, c.generator)
+    return _inpaint(mask, c, {"box": box})
+
+
+def _build_mask(path: str | None, c: BuildContext) -> Inpainting:
+    mask = load_mask(path, c.shape) if path is not None else c.mask
+    if mask is None:
+        raise OperatorError("inpaint-mask needs a mask: use inpaint-mask:PATH or pass mask=")
+    mask = torch.as_tensor(mask)
+    if mask.dim() == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.dim() != 2 or tuple(mask.shape) != c.shape[1:]:
+        got = "x".join(map(str, mask.shape))
+        raise OperatorError(f"mask is {got} but the image is {c.shape[1]}x{c.shape[2]}")
+    return _inpaint(mask, c, {"mask_file": str(path)} if path is not None else None)
+
+
+register_task(TaskSpec(
+    name="inpaint-box",
+    doc="inpainting: an H/2 x W/2 box missing at a random place, H/16 margin (128x128, 16 px for 256x256)",
+    build=_build_box,
+))
+register_task(TaskSpec(name="inpaint-center", doc="inpainting: the centred H/2 x W/2 box missing",
+                       build=lambda _p, c: _inpaint(center_mask(c.shape), c)))
+register_task(TaskSpec(name="inpaint-half", doc="inpainting: the right half of the image missing",
+                       build=lambda _p, c: _inpaint(half_mask(c.shape), c)))
+register_task(TaskSpec(
+    name="inpaint-random", doc="inpainting: a fraction P of the pixels missing at random",
+    param=float, symbol="P", default=0.8, check=Range(low=0.0, high=1.0, low_open=True, high_open=True),
+    build=lambda p, c: _inpaint(random_mask(c.shape, p, c.generator), c, {"fraction": p}),
+))
+register_task(TaskSpec(name="inpaint-freeform", doc="inpainting: random free-form brush strokes, 20-30% of the pixels "
+                       "missing", build=lambda _p, c: _inpaint(freeform_mask(c.shape, c.generator), c)))
+register_task(TaskSpec(
+    name="inpaint-mask", doc="inpainting with your mask (an image file, white = observed, black = missing; or mask=)",
+    param=str, symbol="PATH", build=_build_mask,
+))

@@ -37,6 +37,8 @@ from torch import Tensor
 from reddiff.errors import OperatorError
 from reddiff.operators.base import Operator
 from reddiff.operators.pointwise import round_ste, straight_through
+from reddiff.operators.registry import BuildContext, TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = ["JPEG", "LUMINANCE_TABLE", "CHROMINANCE_TABLE", "quality_table", "dct_matrix"]
 
@@ -217,3 +219,15 @@ class JPEG(Operator):
         """The decoded JPEG itself."""
         self._check_y(y)
         return y.clone()
+
+
+def _build_jpeg(quality: int, c: BuildContext) -> JPEG:
+    if c.shape[0] not in (1, 3):
+        raise OperatorError(f"jpeg needs 1- or 3-channel images, got {c.shape[0]} channel(s)")
+    return JPEG(c.shape, quality, c.task)
+
+
+register_task(TaskSpec(
+    name="jpeg", doc="JPEG encode-decode at quality Q (YCbCr 4:2:0, IJG tables, straight-through rounding)",
+    param=int, symbol="Q", default=75, check=Range(low=1, high=100, integer=True), build=_build_jpeg,
+))

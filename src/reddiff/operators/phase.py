@@ -22,6 +22,8 @@ from torch import Tensor
 
 from reddiff.errors import OperatorError
 from reddiff.operators.base import Operator
+from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = ["PhaseRetrieval", "phase_padding", "phase_side_from_padded"]
 
@@ -130,3 +132,13 @@ class PhaseRetrieval(Operator):
                 g = torch.where(support, g_proj.clamp(-1.0, 1.0), torch.zeros_like(g_proj))
         h, w = self.x_shape[1:]
         return g[..., self.pad_h : self.pad_h + h, self.pad_w : self.pad_w + w].clamp(-1.0, 1.0)
+
+
+register_task(TaskSpec(
+    name="phase-retrieval",
+    doc="phase retrieval: per-channel |FFT2| of the image zero-padded to OVERSAMPLE x its side (2: 1/4 of the side "
+    "padded on every side)",
+    param=float, symbol="OVERSAMPLE", default=2.0, check=Range(low=1.0),
+    build=lambda p, c: PhaseRetrieval(c.shape, p, c.generator, c.task),
+    x_from_y=lambda p, s: (phase_side_from_padded(s[1], p), phase_side_from_padded(s[2], p)),
+))

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from reddiff.errors import OperatorError
 from reddiff.operators.base import Operator
+from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = ["HDR", "Quantize", "round_ste", "straight_through"]
 
@@ -102,3 +104,15 @@ class Quantize(Operator):
         """The quantised image itself."""
         self._check_y(y)
         return y.clone()
+
+
+register_task(TaskSpec(
+    name="hdr", doc="high dynamic range: y = clip(FACTOR x, -1, 1)",
+    param=float, symbol="FACTOR", default=2.0, check=Range(low=0.0, low_open=True),
+    build=lambda p, c: HDR(c.shape, p, c.task),
+))
+register_task(TaskSpec(
+    name="quantize", doc="uniform quantisation to 2^BITS levels over [-1, 1] (straight-through rounding)",
+    param=int, symbol="BITS", default=4, check=Range(low=1, high=16, integer=True),
+    build=lambda p, c: Quantize(c.shape, p, c.task),
+))

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from reddiff.errors import OperatorError
-from reddiff.operators.base import SeparableOperator, SVDOperator, uniform_first_basis
+from reddiff.operators.base import SelectionOperator, SeparableOperator, uniform_first_basis
+from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.params import Range
 
 __all__ = ["BlockAverage", "Bicubic", "bicubic_matrix", "keys_cubic"]
 
@@ -24,7 +26,7 @@ def _check_factor(factor: int, shape: Sequence[int], task: str) -> tuple[int, in
     return c, h, w, f
 
 
-class BlockAverage(SVDOperator):
+class BlockAverage(SelectionOperator):
     """``F x F`` block averaging, ``y[b, c, i, j] = mean(x[b, c, F*i:F*i+F, F*j:F*j+F])``, shape ``[B, C, H/F, W/F]``.
 
     SVD, per block: ``V`` is the orthonormal ``F^2 x F^2`` basis ``Q`` whose first column is uniform (a Householder
@@ -82,13 +84,6 @@ class BlockAverage(SVDOperator):
         rest = z[:, self.r :].reshape(b, k - 1, c, hh, ww).permute(0, 2, 3, 4, 1)
         coeff = torch.cat([first, rest], dim=-1)
         return self._unblocks(coeff @ self._cast(self.basis, z).T)
-
-    def Ut(self, y: Tensor) -> Tensor:  # noqa: N802
-        self._check_y(y)
-        return y.flatten(1)
-
-    def U(self, z: Tensor) -> Tensor:  # noqa: N802
-        self._check(z, (self.r,), "spectral vector")
         return z.reshape(z.shape[0], *self.y_shape)
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
@@ -180,3 +175,19 @@ class Bicubic(SeparableOperator):
 
     def params(self) -> dict[str, Any]:
         return {"factor": self.factor, "kernel": "keys-cubic a=-0.5, antialiased", "boundary": "reflect"}
+
+
+def _upscale(factor: int, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    return image_shape[1] * factor, image_shape[2] * factor
+
+
+register_task(TaskSpec(
+    name="sr", doc="super-resolution: F x F block averaging",
+    param=int, symbol="F", default=4, check=Range(low=2, integer=True),
+    build=lambda p, c: BlockAverage(p, c.shape, c.task), x_from_y=_upscale,
+))
+register_task(TaskSpec(
+    name="bicubic", doc="super-resolution: antialiased bicubic downsampling by F",
+    param=int, symbol="F", default=4, check=Range(low=2, integer=True),
+    build=lambda p, c: Bicubic(p, c.shape, c.task), x_from_y=_upscale,
+))

@@ -11,7 +11,8 @@ return either
 A callable with the attribute ``linear = True`` (or a returned :class:`~reddiff.operators.LinearOperator`) is linear:
 the wrapper gets its adjoint from autograd (``A^T y`` is the vector-Jacobian product of ``A`` with ``y``) and its
 pseudo-inverse by conjugate gradients on ``A A^T``, unless the callable provides its own ``A_adjoint`` /
-``A_dagger`` methods. An ``initial_estimate(y)`` method, if present, is used by RED-diff's default initialisation.
+``A_dagger`` methods; it is checked once, on random images, to be linear. An ``initial_estimate(y)`` method, if
+present, is used by RED-diff's default initialisation.
 
 Example ``my_ops.py``::
 
@@ -45,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reddiff.errors import OperatorError
+from reddiff.errors import OperatorError, UserCodeError
 from reddiff.operators.base import LinearOperator, Operator, conjugate_gradient
 
 __all__ = ["CallableOperator", "LinearCallableOperator", "load_user_operator", "split_user_spec", "is_user_spec"]
@@ -139,8 +140,11 @@ def _probe(fn: Callable[[Tensor], Any], shape: tuple[int, int, int], where: str)
 class CallableOperator(Operator):
     """An :class:`Operator` around a differentiable callable ``fn: [B, C, H, W] -> [B, *y_shape]``.
 
-    ``fn`` may be a ``torch.nn.Module`` (it is then registered as a submodule, so ``.to()`` moves it). An
-    ``initial_estimate`` method of ``fn`` is passed through.
+    ``fn`` may be a ``torch.nn.Module`` (it is then registered as a submodule, so ``.to()`` moves it). Its
+    ``initial_estimate``, ``classical_estimate``, ``y_to_image`` and ``image_to_y`` methods are used when it has
+    them. Every call of the user's code is guarded: an exception inside it, or an output of another shape than the
+    probe found, becomes one :class:`~reddiff.errors.UserCodeError` naming the operator (the original exception is
+    its cause).
 
     Args:
         fn: The forward model.
@@ -153,30 +157,44 @@ class CallableOperator(Operator):
                  task: str) -> None:
         super().__init__(x_shape, y_shape, task)
         self.fn = fn
-        init = getattr(fn, "initial_estimate", None)
-        if callable(init):
-            self._user_init = init
-        else:
-            self.initial_estimate = None  # type: ignore[assignment,method-assign]
 
     def params(self) -> dict[str, Any]:
         return {"callable": getattr(self.fn, "__qualname__", type(self.fn).__name__)}
 
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one clear message
+            raise UserCodeError(f"user operator {self.task!r}: its {what} raised {type(exc).__name__}: {exc}") from exc
+
+    def _own(self, name: str, y: Tensor) -> Tensor | None:
+        fn = getattr(self.fn, name, None)
+        return self._call(name, fn, y) if callable(fn) else None
+
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
         self._check_x(x)
-        return self.fn(x)
+        out = self._call("forward model", self.fn, x)
+        if not isinstance(out, Tensor) or tuple(out.shape) != (x.shape[0], *self.y_shape):
+            got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise UserCodeError(f"user operator {self.task!r} returned {got} for a batch of {x.shape[0]}, but "
+                                f"{[x.shape[0], *self.y_shape]} when it was loaded; its output shape must not change")
+        return out
 
-    def initial_estimate(self, y: Tensor) -> Tensor:
-        """The callable's own ``initial_estimate(y)``."""
-        return self._user_init(y)
+    def initial_estimate(self, y: Tensor) -> Tensor | None:
+        """The callable's own ``initial_estimate(y)``, if it has one."""
+        return self._own("initial_estimate", y)
+
+    def classical_estimate(self, y: Tensor) -> Tensor | None:
+        """The callable's own ``classical_estimate(y)``, if it has one."""
+        return self._own("classical_estimate", y)
 
     def y_to_image(self, y: Tensor) -> Tensor:
-        fn = getattr(self.fn, "y_to_image", None)
-        return fn(y) if callable(fn) else super().y_to_image(y)
+        own = self._own("y_to_image", y)
+        return own if own is not None else super().y_to_image(y)
 
     def image_to_y(self, img: Tensor) -> Tensor:
-        fn = getattr(self.fn, "image_to_y", None)
-        return fn(img) if callable(fn) else super().image_to_y(img)
+        own = self._own("image_to_y", img)
+        return own if own is not None else super().image_to_y(img)
 
 
 class LinearCallableOperator(CallableOperator, LinearOperator):
@@ -185,32 +203,41 @@ class LinearCallableOperator(CallableOperator, LinearOperator):
     The callable's own ``A_adjoint`` / ``A_dagger`` methods are used when it has them.
     """
 
-    linear = True
-
-    def __init__(self, fn: Callable[[Tensor], Tensor], x_shape: Sequence[int], y_shape: Sequence[int],
-                 task: str) -> None:
-        super().__init__(fn, x_shape, y_shape, task)
-
     def A_adjoint(self, y: Tensor) -> Tensor:  # noqa: N802
         self._check_y(y)
-        own = getattr(self.fn, "A_adjoint", None)
-        if callable(own):
-            return own(y)
+        own = self._own("A_adjoint", y)
+        if own is not None:
+            return own
         with torch.enable_grad():
             x = torch.zeros((y.shape[0], *self.x_shape), dtype=y.dtype, device=y.device, requires_grad=True)
-            out = self.fn(x)
+            out = self.A(x)
             (grad,) = torch.autograd.grad(out, x, grad_outputs=y, create_graph=y.requires_grad)
         return grad
 
     def A_dagger(self, y: Tensor, *, cg_iters: int | None = None, cg_tol: float | None = None) -> Tensor:  # noqa: N802
-        own = getattr(self.fn, "A_dagger", None)
-        if callable(own):
-            return own(y)
+        own = self._own("A_dagger", y)
+        if own is not None:
+            return own
         self._check_y(y)
         iters = self.cg_iters if cg_iters is None else int(cg_iters)
         tol = self.cg_tol if cg_tol is None else float(cg_tol)
         z = conjugate_gradient(lambda v: self.A(self.A_adjoint(v)), y, iters=iters, tol=tol)
         return self.A_adjoint(z)
+
+
+def _check_linear(op: Operator, where: str, rtol: float = 1e-3) -> None:
+    """Refuse an operator declared linear for which ``A(a x + b z) != a A(x) + b A(z)`` on random inputs."""
+    gen = torch.Generator().manual_seed(0)
+    x, z = (torch.rand((2, *op.x_shape), generator=gen) * 2 - 1 for _ in range(2))
+    a, b = 0.7, -1.3
+    with torch.no_grad():
+        lhs = op.A(a * x + b * z)
+        rhs = a * op.A(x) + b * op.A(z)
+    err = float((lhs - rhs).norm() / rhs.norm().clamp_min(1e-12))
+    if not err <= rtol:
+        raise OperatorError(f"user operator {where} is declared linear (linear = True) but is not: "
+                            f"A(a x + b z) differs from a A(x) + b A(z) by {err:.2g} (relative) on random images; "
+                            "drop linear = True or fix the forward model")
 
 
 def load_user_operator(spec: str, shape: Sequence[int]) -> Operator:
@@ -248,10 +275,15 @@ def load_user_operator(spec: str, shape: Sequence[int]) -> Operator:
             raise OperatorError(f"user operator {where}: {func_name}({dims}) returned an operator for images "
                                 f"{list(made.x_shape)}, not {list(dims)}")
         _probe(made.A, dims, where)
+        if isinstance(made, LinearOperator):
+            _check_linear(made, where)
         return made
     if not callable(made):
         raise OperatorError(f"user operator {where}: {func_name}({dims}) must return an Operator or a callable "
                             f"x -> y, got {type(made).__name__}")
     y_shape = _probe(made, dims, where)
-    cls = LinearCallableOperator if getattr(made, "linear", False) is True else CallableOperator
-    return cls(made, dims, y_shape, spec.strip())
+    if getattr(made, "linear", False) is True:
+        op: Operator = LinearCallableOperator(made, dims, y_shape, spec.strip())
+        _check_linear(op, where)
+        return op
+    return CallableOperator(made, dims, y_shape, spec.strip())

@@ -1,49 +1,66 @@
-"""What every solver shares: the measured problem, per-step records, randomness and capability checks."""
+"""What every solver shares: the measured problem, per-step records, randomness, declared hyperparameters with one
+style of validation, capability checks by type, and the reverse-sampler skeleton that DDIM, DPS, ΠGDM and DDRM fill
+in with their ``step``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..errors import SolverError
+from ..errors import SolverError, UserCodeError
+from ..noise import GaussianNoise, NoiseModel
+from ..operators.base import LinearOperator, Operator, SVDOperator
+from ..params import HyperParam, check_value, hyperparams
 
-__all__ = ["Problem", "StepInfo", "Callback", "SolverRecord", "GeneratorLike", "per_sample_generators",
-           "randn_like_per_sample", "require_capabilities", "check_finite"]
+__all__ = ["Problem", "StepInfo", "Callback", "Solver", "Sampler", "SampleContext", "GeneratorLike", "SOLVERS",
+           "per_sample_generators", "randn_like_per_sample", "check_finite", "ddim_sigma", "ddim_step"]
 
 GeneratorLike = torch.Generator | Sequence[torch.Generator] | int | None
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A measurement ``y = A(x) + v`` with ``v ~ N(0, sigma_y^2 I)``.
+    """A measurement ``y = A(x) + v`` with noise ``v`` drawn from ``noise``.
 
     Args:
         y: the measurement, ``[B, ...]`` (batch first), in the operator's output units (pixels in [-1, 1]).
         operator: the forward model ``A`` (a :class:`reddiff.operators.Operator`).
-        sigma_y: the noise standard deviation in the same [-1, 1] units as ``y`` (the CLI takes it in 0..1 pixel
-            units and doubles it once).
-        noise: optional :class:`reddiff.noise.NoiseModel`; when set, solvers take their data term from it
-            (``None``: Gaussian with ``sigma_y``).
+        sigma_y: the Gaussian noise standard deviation in the same [-1, 1] units as ``y`` (the CLI takes it in
+            0..1 pixel units and doubles it once); ignored when ``noise`` is given, which then sets it.
+        noise: the :class:`reddiff.noise.NoiseModel` whose likelihood gives the solvers' data terms (default:
+            Gaussian with ``sigma_y``). Always set after construction.
     """
 
     y: torch.Tensor
-    operator: Any
+    operator: Operator
     sigma_y: float = 0.0
-    noise: Any = None
+    noise: NoiseModel = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         sigma_y = float(self.sigma_y)
         if not math.isfinite(sigma_y) or sigma_y < 0:
             raise SolverError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
-        object.__setattr__(self, "sigma_y", sigma_y)
         if not isinstance(self.y, torch.Tensor) or self.y.dim() < 1:
             raise SolverError("y must be a tensor with a batch dimension first")
         if not torch.isfinite(self.y).all():
             raise SolverError("the measurement y contains NaN or Inf values")
+        if not isinstance(self.operator, Operator):
+            raise SolverError(f"operator must be a reddiff Operator, got {type(self.operator).__name__}; wrap a "
+                              "callable with reddiff.operators.CallableOperator")
+        if self.noise is None:
+            object.__setattr__(self, "noise", GaussianNoise(sigma_y))
+        elif not isinstance(self.noise, NoiseModel):
+            raise SolverError(f"noise must be a reddiff NoiseModel, got {type(self.noise).__name__}")
+        elif sigma_y not in (0.0, self.noise.sigma_y):
+            raise SolverError(f"sigma_y {sigma_y} disagrees with the noise model's {self.noise.sigma_y}; give one")
+        object.__setattr__(self, "sigma_y", float(self.noise.sigma_y))
 
     @property
     def batch_size(self) -> int:
@@ -77,18 +94,74 @@ class StepInfo:
 
 Callback = Callable[[StepInfo], None]
 
+#: solver name -> class, filled by every :class:`Solver` subclass that sets ``name`` (for the CLI and listings).
+SOLVERS: dict[str, type[Solver]] = {}
 
-class SolverRecord:
-    """Mixin of the solver dataclasses: ``to_dict()``, the fields as a JSON-serialisable run record."""
+#: what each operator type offers, for the capability errors.
+_NEEDS = {LinearOperator: "a linear operator (A_adjoint)",
+          SVDOperator: "an SVD-structured operator (singulars, U, Ut, V, Vt)"}
 
-    name = "solver"
+
+class Solver:
+    """Base of the solvers: a frozen dataclass whose fields, declared with :func:`reddiff.params.hyper`, are the
+    hyperparameters (with the paper's defaults), validated here in one style, and the run record.
+
+    Subclasses set ``name`` (the CLI name; it registers the class in :data:`SOLVERS`), ``label`` (the display name)
+    and ``requires`` (the operator types they need), and implement ``__call__(prior, problem, generator=None,
+    callback=None) -> estimate``; cross-field checks go in :meth:`check`.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    requires: ClassVar[tuple[type, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            SOLVERS[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        self.normalize()
+        for param in self.hyperparams():
+            try:
+                value = check_value(param, getattr(self, param.name))
+            except ValueError as exc:
+                raise SolverError(f"{self.label}: {exc}") from None
+            object.__setattr__(self, param.name, value)
+        self.check()
+
+    def normalize(self) -> None:
+        """Adjust fields before validation (e.g. case-fold a name; use ``object.__setattr__``); default: nothing."""
+
+    def check(self) -> None:
+        """Cross-field checks of a subclass (raise :class:`SolverError`); the default checks nothing."""
+
+    @classmethod
+    def hyperparams(cls) -> list[HyperParam]:
+        """The declared hyperparameters, in field order."""
+        return hyperparams(cls)
 
     def to_dict(self) -> dict[str, Any]:
         """The solver's name and fields as a JSON-serialisable dict (the run record)."""
-        from dataclasses import asdict
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {"solver": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
-        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # type: ignore[arg-type]
-        return {"solver": self.name, **fields}
+    def check_operator(self, operator: Operator) -> None:
+        """Raise one clear error when ``operator`` is not of a type the solver needs."""
+        for kind in self.requires:
+            if not isinstance(operator, kind):
+                raise SolverError(f"{self.label} cannot use operator {operator.task!r}: it needs "
+                                  f"{_NEEDS.get(kind, kind.__name__)}")
+
+
+@contextlib.contextmanager
+def step_context(solver: str, step: int, num_steps: int, t: int) -> Iterator[None]:
+    """Name the solver step in errors raised by the user's code inside it."""
+    try:
+        yield
+    except UserCodeError as exc:
+        where = "initial estimate" if step < 0 else f"step {step + 1} of {num_steps}, t={t}"
+        raise UserCodeError(f"{exc} ({solver} {where})") from exc.__cause__
 
 
 def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.device) -> list[torch.Generator]:
@@ -96,10 +169,9 @@ def per_sample_generators(generator: GeneratorLike, batch: int, device: torch.de
 
     Args:
         generator: ``None`` (a fresh, nondeterministic stream), an integer seed (one CPU generator seeded with it),
-            one generator (the whole batch's noise is drawn from
-            it at once: deterministic and fast, but a sample's draws depend on its position in the batch), or a
-            sequence of ``batch`` generators, one per sample (a sample's result then does not depend on the batch
-            it ran in; what the CLI uses, one per image).
+            one generator (the whole batch's noise is drawn from it at once: deterministic and fast, but a sample's
+            draws depend on its position in the batch), or a sequence of ``batch`` generators, one per sample (a
+            sample's result then does not depend on the batch it ran in; what the CLI uses, one per image).
         batch: batch size.
         device: device of the tensors to be drawn (generators on other devices are used and their draws moved).
 
@@ -141,23 +213,143 @@ def randn_like_per_sample(like: torch.Tensor, generators: list[torch.Generator])
     return torch.stack(draws)
 
 
-def require_capabilities(solver: str, operator: Any, needs: Sequence[str]) -> None:
-    """Raise one clear error when ``operator`` lacks a method or property the solver needs.
-
-    Args:
-        solver: the solver's name, for the message.
-        operator: the operator to check.
-        needs: attribute names (``"A_dagger"``, ``"A_adjoint"``, ``"singulars"``, ...).
-    """
-    missing = [name for name in needs if not callable(getattr(operator, name, None))]
-    if missing:
-        name = getattr(operator, "task", type(operator).__name__)
-        raise SolverError(
-            f"{solver} cannot use operator {name!r}: it does not provide {', '.join(missing)}"
-        )
-
-
 def check_finite(solver: str, step: int, t: int, value: torch.Tensor, what: str, hint: str) -> None:
     """Stop with an error naming the step when ``value`` has NaN or Inf entries."""
     if not bool(torch.isfinite(value).all()):
         raise SolverError(f"{solver} diverged at step {step} (t={t}): the {what} is not finite; {hint}")
+
+
+# -- the DDIM arithmetic the samplers share ---------------------------------------------------------------------
+def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
+    """The DDIM noise level ``sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)``
+    (Song et al. 2021, eq. 16).
+
+    Args:
+        abar_t: ``abar`` at the current timestep.
+        abar_prev: ``abar`` at the next (less noisy) timestep; 1 for the final step to ``x0``.
+        eta: 0 (deterministic DDIM) .. 1 (DDPM ancestral).
+    """
+    if eta == 0.0 or abar_prev >= 1.0:
+        return 0.0
+    return eta * math.sqrt(max((1.0 - abar_prev) / (1.0 - abar_t), 0.0)) * math.sqrt(max(1.0 - abar_t / abar_prev, 0.0))
+
+
+def ddim_step(
+    x0_hat: torch.Tensor,
+    eps_hat: torch.Tensor,
+    abar_t: float,
+    abar_prev: float,
+    eta: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """One DDIM reverse step (eq. 12): ``sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z``.
+
+    Args:
+        x0_hat: the clean-data prediction ``[B, ...]``.
+        eps_hat: the noise prediction paired with it, same shape.
+        abar_t: ``abar`` at the current timestep (only used for ``sigma``).
+        abar_prev: ``abar`` at the target timestep (1 for the final step, which returns ``x0_hat``).
+        eta: stochasticity, 0 .. 1.
+        noise: standard normal draws shaped like ``x0_hat`` (may be None when ``sigma == 0``).
+
+    Returns:
+        ``x_prev``, shaped like ``x0_hat``.
+    """
+    sigma = ddim_sigma(abar_t, abar_prev, eta)
+    c_eps = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0))
+    x_prev = math.sqrt(abar_prev) * x0_hat + c_eps * eps_hat
+    if sigma > 0.0:
+        if noise is None:
+            raise SolverError("ddim_step needs noise when sigma > 0 (eta > 0)")
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+# -- the reverse-sampler skeleton ----------------------------------------------------------------------------------
+@dataclass
+class SampleContext:
+    """What a sampler's :meth:`Sampler.step` works with.
+
+    Attributes:
+        prior: the diffusion prior.
+        problem: the measurement (None when sampling the prior alone).
+        generators: the noise streams (one shared, or one per sample).
+        state: whatever :meth:`Sampler.prepare` computed once per run (spectral quantities, ...).
+    """
+
+    prior: Any
+    problem: Problem | None
+    generators: list[torch.Generator]
+    state: Any = None
+
+
+class Sampler(Solver):
+    """A reverse-diffusion sampler: its fields plus :meth:`step` (and optionally :meth:`prepare`).
+
+    The loop visits ``prior.schedule.timesteps(steps)`` in descending order (evenly spaced over 0..T-1, ending at
+    0) from ``x_T ~ N(0, I)``; the last step goes from ``t = 0`` to ``abar_prev = 1``, i.e. to the clean estimate.
+    Subclasses declare a ``steps`` field and may use :meth:`ddim_update` for the DDIM/DDPM update with their
+    ``eta``.
+    """
+
+    #: what to suggest when the sample stops being finite.
+    hint: ClassVar[str] = "check the prior and the measurement"
+
+    def prepare(self, ctx: SampleContext) -> Any:
+        """Per-run quantities for :meth:`step` (stored in ``ctx.state``); the default computes nothing."""
+        return None
+
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float,
+             a_prev: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """One reverse step from ``x_t`` to ``x_prev``; returns ``(x_prev, x0_hat, losses)``."""
+        raise NotImplementedError
+
+    def ddim_update(self, ctx: SampleContext, x0_hat: torch.Tensor, eps_hat: torch.Tensor, a_t: float,
+                    a_prev: float) -> torch.Tensor:
+        """The DDIM step with this sampler's ``eta``, drawing the noise it needs from the run's generators."""
+        eta = float(self.eta)  # type: ignore[attr-defined]
+        noise = randn_like_per_sample(x0_hat, ctx.generators) if ddim_sigma(a_t, a_prev, eta) > 0 else None
+        return ddim_step(x0_hat, eps_hat, a_t, a_prev, eta, noise)
+
+    def __call__(
+        self,
+        prior: Any,
+        problem: Problem,
+        generator: GeneratorLike = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Draw one sample per measurement in ``problem`` (``[B, ...]``, detached).
+
+        Args:
+            prior: a :class:`reddiff.DiffusionPrior`.
+            problem: the measurement, operator and noise model.
+            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
+            callback: called with a :class:`StepInfo` (``x`` = that step's ``x0_hat``) after every step.
+
+        Raises:
+            SolverError: the operator lacks what the sampler needs, or the sample diverged.
+        """
+        self.check_operator(problem.operator)
+        y = problem.y
+        return self.run(prior, problem, problem.x_shape, generator, callback, dtype=y.dtype, device=y.device)
+
+    def run(self, prior: Any, problem: Problem | None, shape: tuple[int, ...], generator: GeneratorLike,
+            callback: Callback | None, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The loop: draw ``x_T``, :meth:`prepare`, then :meth:`step` over the descending timesteps."""
+        gens = per_sample_generators(generator, int(shape[0]), device)
+        x = randn_like_per_sample(torch.empty(shape, dtype=dtype, device=device), gens)
+        ctx = SampleContext(prior, problem, gens)
+        ctx.state = self.prepare(ctx)
+        steps = int(self.steps)  # type: ignore[attr-defined]
+        timesteps = prior.schedule.timesteps(steps, "descending").tolist()
+        abar = prior.schedule.abar  # float64
+        for i, t in enumerate(timesteps):
+            a_t = float(abar[t])
+            a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+            with step_context(self.label, i, steps, int(t)):
+                x, x0_hat, losses = self.step(ctx, x, int(t), a_t, a_prev)
+            x = x.detach()
+            check_finite(self.label, i, int(t), x, "sample", self.hint)
+            if callback is not None:
+                callback(StepInfo(step=i, num_steps=len(timesteps), t=int(t), x=x0_hat.detach(), losses=losses))
+        return x

@@ -22,71 +22,32 @@ from typing import Any
 
 import torch
 
-from .base import (
-    Callback,
-    GeneratorLike,
-    Problem,
-    SolverRecord,
-    per_sample_generators,
-    randn_like_per_sample,
-    require_capabilities,
-)
-from .ddim import check_steps, check_unit, sample_loop
+from ..operators.base import SVDOperator
+from ..params import hyper
+from .base import SampleContext, Sampler, randn_like_per_sample
+from .ddim import STEPS, UNIT
 
 __all__ = ["DDRM"]
 
 
 @dataclass(frozen=True)
-class DDRM(SolverRecord):
-    """DDRM (Kawar et al. 2022) for SVD-structured linear operators.
+class DDRM(Sampler):
+    """DDRM (Kawar et al. 2022) for SVD-structured linear operators. Defaults are the paper's."""
 
-    Defaults are the paper's: ``eta = 0.85``, ``eta_b = 1.0``, 20 steps.
-
-    Args:
-        steps: number of reverse steps.
-        eta: η, the stochasticity of the missing and noisy coordinates.
-        eta_b: η_b, how strongly the less-noisy coordinates are pulled to the measurement.
-        rtol: singular values at or below ``rtol * max(s)`` are treated as zero (missing).
-    """
-
-    steps: int = 20
-    eta: float = 0.85
-    eta_b: float = 1.0
-    rtol: float = 1e-10
+    steps: int = hyper(20, "number of reverse steps", range=STEPS)
+    eta: float = hyper(0.85, "η, the stochasticity of the missing and noisy spectral coordinates", range=UNIT)
+    eta_b: float = hyper(1.0, "η_b, how strongly the less-noisy coordinates are pulled to the measurement", range=UNIT)
+    rtol: float = hyper(1e-10, "singular values at or below rtol * max(s) are treated as zero (missing)", range=UNIT)
 
     name = "ddrm"
+    label = "DDRM"
+    requires = (SVDOperator,)
 
-    def __post_init__(self) -> None:
-        check_steps("DDRM", self.steps)
-        check_unit("DDRM", "eta", self.eta)
-        check_unit("DDRM", "eta_b", self.eta_b)
-        check_unit("DDRM", "rtol", self.rtol)
-
-    def __call__(
-        self,
-        prior: Any,
-        problem: Problem,
-        generator: GeneratorLike = None,
-        callback: Callback | None = None,
-    ) -> torch.Tensor:
-        """Run DDRM and return one posterior sample per measurement (``[B, ...]``, detached).
-
-        Args:
-            prior: a :class:`reddiff.DiffusionPrior`.
-            problem: the measurement, an SVD-structured operator and ``sigma_y``.
-            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
-            callback: called with a :class:`StepInfo` (``x`` = ``x0_hat``) after every step.
-
-        Raises:
-            SolverError: the operator has no SVD structure, or the sample diverged.
-        """
-        op, y, sigma_y = problem.operator, problem.y, problem.sigma_y
-        require_capabilities("DDRM", op, ("singulars", "Vt", "V", "Ut", "U"))
-        gens = per_sample_generators(generator, problem.batch_size, y.device)
-        x_T = randn_like_per_sample(torch.empty(problem.x_shape, dtype=y.dtype, device=y.device), gens)  # noqa: N806
-        n = math.prod(problem.x_shape[1:])
-
-        # spectral quantities, fixed over the run: s padded with zeros to n, ybar = U^T y / s on observed coordinates
+    def prepare(self, ctx: SampleContext) -> dict[str, Any]:
+        """Spectral quantities, fixed over the run: ``s`` padded with zeros to ``n``, ``ybar = U^T y / s`` on the
+        observed coordinates, and the per-coordinate noise level ``sigma_y / s``."""
+        op, y, sigma_y = ctx.problem.operator, ctx.problem.y, ctx.problem.sigma_y
+        n = math.prod(ctx.problem.x_shape[1:])
         s_r = op.singulars().to(device=y.device, dtype=y.dtype)
         s = torch.cat([s_r, s_r.new_zeros(n - s_r.numel())])
         observed = s > (self.rtol * float(s.max()) if s.numel() else 0.0)
@@ -95,26 +56,27 @@ class DDRM(SolverRecord):
         ybar = torch.cat([uty, uty.new_zeros(uty.shape[0], n - uty.shape[1])], dim=1) / s_safe
         ybar = torch.where(observed, ybar, torch.zeros_like(ybar))
         noise_level = torch.where(observed, sigma_y / s_safe, torch.full_like(s, math.inf))  # sigma_y / s_i
+        return {"observed": observed, "ybar": ybar, "noise_level": noise_level}
+
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float, a_prev: float):
+        op = ctx.problem.operator
+        observed, ybar, noise_level = ctx.state["observed"], ctx.state["ybar"], ctx.state["noise_level"]
         eta, eta_b = float(self.eta), float(self.eta_b)
-
-        def update(x: torch.Tensor, t: int, a_t: float, a_prev: float):
-            with torch.no_grad():
-                _, x0 = prior.predict(x, t)
-                sigma_t = math.sqrt((1.0 - a_t) / a_t)
-                sigma_s = math.sqrt((1.0 - a_prev) / a_prev)
-                xbar_t = op.Vt(x / math.sqrt(a_t))
-                xhat = op.Vt(x0)
-                z = randn_like_per_sample(xhat, gens)
-                # missing coordinates: DDIM-like step towards xhat
-                missing = xhat + math.sqrt(1 - eta**2) * sigma_s * (xbar_t - xhat) / sigma_t + eta * sigma_s * z
-                # observed, measurement noisier than the target level: step towards ybar
-                lvl = torch.where(observed & (noise_level > 0), noise_level, torch.ones_like(noise_level))
-                noisy = xhat + math.sqrt(1 - eta**2) * sigma_s * (ybar - xhat) / lvl + eta * sigma_s * z
-                # observed, measurement less noisy than the target level: (1 - eta_b) xhat + eta_b ybar + noise
-                std = (sigma_s**2 - (eta_b * noise_level.clamp(max=sigma_s)) ** 2).clamp(min=0).sqrt()
-                less_noisy = (1 - eta_b) * xhat + eta_b * ybar + std * z
-                xbar_s = torch.where(~observed, missing, torch.where(sigma_s < noise_level, noisy, less_noisy))
-                x_prev = math.sqrt(a_prev) * op.V(xbar_s).reshape(x.shape)
-            return x_prev, x0, {}
-
-        return sample_loop("DDRM", prior, x_T, self.steps, update, callback)
+        with torch.no_grad():
+            _, x0 = ctx.prior.predict(x, t)
+            sigma_t = math.sqrt((1.0 - a_t) / a_t)
+            sigma_s = math.sqrt((1.0 - a_prev) / a_prev)
+            xbar_t = op.Vt(x / math.sqrt(a_t))
+            xhat = op.Vt(x0)
+            z = randn_like_per_sample(xhat, ctx.generators)
+            # missing coordinates: DDIM-like step towards xhat
+            missing = xhat + math.sqrt(1 - eta**2) * sigma_s * (xbar_t - xhat) / sigma_t + eta * sigma_s * z
+            # observed, measurement noisier than the target level: step towards ybar
+            lvl = torch.where(observed & (noise_level > 0), noise_level, torch.ones_like(noise_level))
+            noisy = xhat + math.sqrt(1 - eta**2) * sigma_s * (ybar - xhat) / lvl + eta * sigma_s * z
+            # observed, measurement less noisy than the target level: (1 - eta_b) xhat + eta_b ybar + noise
+            std = (sigma_s**2 - (eta_b * noise_level.clamp(max=sigma_s)) ** 2).clamp(min=0).sqrt()
+            less_noisy = (1 - eta_b) * xhat + eta_b * ybar + std * z
+            xbar_s = torch.where(~observed, missing, torch.where(sigma_s < noise_level, noisy, less_noisy))
+            x_prev = math.sqrt(a_prev) * op.V(xbar_s).reshape(x.shape)
+        return x_prev, x0, {}

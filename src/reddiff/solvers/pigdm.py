@@ -34,35 +34,22 @@ from typing import Any
 
 import torch
 
-from ..errors import SolverError
-from ..operators.base import conjugate_gradient
-from .base import (
-    Callback,
-    GeneratorLike,
-    Problem,
-    SolverRecord,
-    per_sample_generators,
-    randn_like_per_sample,
-    require_capabilities,
-)
-from .ddim import check_steps, check_unit, ddim_sigma, ddim_step, sample_loop
+from ..operators.base import LinearOperator, SVDOperator, conjugate_gradient
+from ..params import Range, hyper
+from .base import SampleContext, Sampler
+from .ddim import ETA_HELP, STEPS, UNIT
 
 __all__ = ["PiGDM", "pigdm_guidance_vector"]
 
-_SVD = ("singulars", "Vt", "V", "Ut", "U")
-
-
-def _has_svd(op: Any) -> bool:
-    return all(callable(getattr(op, name, None)) for name in _SVD)
-
 
 def pigdm_guidance_vector(
-    op: Any, y: torch.Tensor, x0_hat: torch.Tensor, r2: float, sigma_y: float, cg_iters: int = 100, cg_tol: float = 1e-8
+    op: LinearOperator, y: torch.Tensor, x0_hat: torch.Tensor, r2: float, sigma_y: float, cg_iters: int = 100,
+    cg_tol: float = 1e-8,
 ) -> torch.Tensor:
     """``A^T (r^2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat)``, shaped like ``x0_hat`` (pseudo-inverse if singular).
 
     Args:
-        op: a linear operator (``A``, ``A_adjoint``); closed form when it also has the SVD methods.
+        op: a linear operator; closed form when it is an :class:`SVDOperator`.
         y: measurement ``[B, *y_shape]``.
         x0_hat: the current clean estimate ``[B, *x_shape]``.
         r2: ``r_t^2``.
@@ -71,7 +58,7 @@ def pigdm_guidance_vector(
         cg_tol: conjugate-gradient relative tolerance.
     """
     resid = y - op.A(x0_hat)
-    if _has_svd(op):
+    if isinstance(op, SVDOperator):
         s = op.singulars().to(device=y.device, dtype=y.dtype)
         denom = r2 * s * s + sigma_y**2
         pos = denom > 0
@@ -85,85 +72,50 @@ def pigdm_guidance_vector(
 
 
 @dataclass(frozen=True)
-class PiGDM(SolverRecord):
+class PiGDM(Sampler):
     """ΠGDM (Song et al. 2023, Algorithm 1), noiseless and noisy forms, for linear operators.
 
     Defaults: 100 steps (as in the paper's and RED-diff's comparisons), ``eta = 1.0`` (the stochastic DDIM update
     used in ΠGDM's experiments), guidance scale 1 (the exact ``grad log p(y | x_t)`` under the ΠGDM Gaussian
     approximation), ``r_t^2 = 1 - abar_t``.
-
-    Args:
-        steps: number of reverse steps.
-        eta: η of the DDIM update.
-        guidance_scale: multiplies the guidance ``g``.
-        clip_x0: clip ``x0_hat`` to ``prior.data_range`` before the guidance and the step (no effect on priors
-            without a data range).
-        cg_iters: conjugate-gradient iterations for linear operators without an SVD.
-        cg_tol: conjugate-gradient relative residual tolerance.
     """
 
-    steps: int = 100
-    eta: float = 1.0
-    guidance_scale: float = 1.0
-    clip_x0: bool = True
-    cg_iters: int = 100
-    cg_tol: float = 1e-8
+    steps: int = hyper(100, "number of reverse steps", range=STEPS)
+    eta: float = hyper(1.0, ETA_HELP, range=UNIT)
+    guidance_scale: float = hyper(1.0, "multiplies the guidance g; 1 is the exact ΠGDM likelihood score")
+    clip_x0: bool = hyper(True, "clip x0_hat to the prior's data range ([-1, 1] for images) before the guidance and "
+                          "the step; keeps small priors from diverging at high noise")
+    cg_iters: int = hyper(100, "conjugate-gradient iterations for linear operators without an SVD",
+                          range=Range(low=1, integer=True))
+    cg_tol: float = hyper(1e-8, "conjugate-gradient relative residual tolerance", range=Range(low=0.0, low_open=True))
 
     name = "pigdm"
+    label = "ΠGDM"
+    requires = (LinearOperator,)
+    hint = "try a smaller guidance_scale"
 
-    def __post_init__(self) -> None:
-        check_steps("ΠGDM", self.steps)
-        check_unit("ΠGDM", "eta", self.eta)
-        if not (isinstance(self.guidance_scale, int | float) and math.isfinite(self.guidance_scale)):
-            raise SolverError(f"ΠGDM: guidance_scale must be a finite number, got {self.guidance_scale!r}")
-        if int(self.cg_iters) < 1 or not self.cg_tol > 0:
-            raise SolverError(f"ΠGDM: need cg_iters >= 1 and cg_tol > 0, got {self.cg_iters}, {self.cg_tol}")
+    def prepare(self, ctx: SampleContext) -> Any:
+        return ctx.prior.data_range if self.clip_x0 else None
 
-    def __call__(
-        self,
-        prior: Any,
-        problem: Problem,
-        generator: GeneratorLike = None,
-        callback: Callback | None = None,
-    ) -> torch.Tensor:
-        """Run ΠGDM and return one posterior sample per measurement (``[B, ...]``, detached).
-
-        Args:
-            prior: a :class:`reddiff.DiffusionPrior` (differentiable network).
-            problem: the measurement, a linear operator (``A_adjoint``) and ``sigma_y``.
-            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
-            callback: called with a :class:`StepInfo` (``x`` = the unguided ``x0_hat``) after every step.
-
-        Raises:
-            SolverError: the operator is not linear (no ``A_adjoint``), or the sample diverged.
-        """
-        op, y, sigma_y = problem.operator, problem.y, problem.sigma_y
-        require_capabilities("ΠGDM", op, ("A", "A_adjoint"))
-        gens = per_sample_generators(generator, problem.batch_size, y.device)
-        x_T = randn_like_per_sample(torch.empty(problem.x_shape, dtype=y.dtype, device=y.device), gens)  # noqa: N806
-
-        bounds = getattr(prior, "data_range", None) if self.clip_x0 else None
-
-        def update(x: torch.Tensor, t: int, a_t: float, a_prev: float):
-            r2 = 1.0 - a_t
-            with torch.enable_grad():
-                x_in = x.detach().requires_grad_(True)
-                # 1. Tweedie estimate with the graph through the network (clipped to the data range)
-                eps, x0 = prior.predict(x_in, t)
-                if bounds is not None:
-                    x0 = x0.clamp(*bounds)
-                    eps = (x_in - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
-                # 2. v = A^T (r_t^2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat)
-                with torch.no_grad():
-                    v = pigdm_guidance_vector(op, y, x0.detach(), r2, sigma_y, int(self.cg_iters), self.cg_tol)
-                # 3. g = (d x0_hat / d x_t)^T v, a vector-Jacobian product
-                (g,) = torch.autograd.grad(x0, x_in, grad_outputs=v)
-            g = self.guidance_scale * g
-            # 4. guided score -> guided (eps, x0), then the DDIM step
-            eps_g = eps.detach() - math.sqrt(1.0 - a_t) * g
-            x0_g = x0.detach() + (1.0 - a_t) / math.sqrt(a_t) * g
-            noise = randn_like_per_sample(x, gens) if ddim_sigma(a_t, a_prev, self.eta) > 0 else None
-            x_prev = ddim_step(x0_g, eps_g, a_t, a_prev, self.eta, noise)
-            return x_prev, x0.detach(), {"guidance_norm": float(g.flatten(1).norm(dim=1).mean())}
-
-        return sample_loop("ΠGDM", prior, x_T, self.steps, update, callback, "try a smaller guidance_scale")
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float, a_prev: float):
+        problem, bounds = ctx.problem, ctx.state
+        r2 = 1.0 - a_t
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            # 1. Tweedie estimate with the graph through the network (clipped to the data range)
+            eps, x0 = ctx.prior.predict(x_in, t)
+            if bounds is not None:
+                x0 = x0.clamp(*bounds)
+                eps = (x_in - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+            # 2. v = A^T (r_t^2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat)
+            with torch.no_grad():
+                v = pigdm_guidance_vector(problem.operator, problem.y, x0.detach(), r2, problem.sigma_y,
+                                          self.cg_iters, self.cg_tol)
+            # 3. g = (d x0_hat / d x_t)^T v, a vector-Jacobian product
+            (g,) = torch.autograd.grad(x0, x_in, grad_outputs=v)
+        g = self.guidance_scale * g
+        # 4. guided score -> guided (eps, x0), then the DDIM step
+        eps_g = eps.detach() - math.sqrt(1.0 - a_t) * g
+        x0_g = x0.detach() + (1.0 - a_t) / math.sqrt(a_t) * g
+        x_prev = self.ddim_update(ctx, x0_g, eps_g, a_t, a_prev)
+        return x_prev, x0.detach(), {"guidance_norm": float(g.flatten(1).norm(dim=1).mean())}

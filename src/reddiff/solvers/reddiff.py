@@ -13,25 +13,30 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import SolverError
+from ..noise import GaussianNoise
+from ..operators.base import LinearOperator
+from ..params import Range, hyper
 from ..schedule import TIMESTEP_ORDERS
 from .base import (
     Callback,
     GeneratorLike,
     Problem,
-    SolverRecord,
+    Solver,
     StepInfo,
     check_finite,
     per_sample_generators,
     randn_like_per_sample,
+    step_context,
 )
 
-__all__ = ["RedDiff", "WEIGHTINGS", "INITS", "DATA_TERMS", "weighting_fn", "resolve_optimizer"]
+__all__ = ["RedDiff", "WEIGHTINGS", "INITS", "LR_SCHEDULES", "DATA_TERMS", "OPTIMIZERS", "weighting_fn",
+           "resolve_optimizer"]
 
 #: f(r) of the SNR-based weight ``w_t = lam * f(r)``, ``r = sqrt(1 - abar_t) / sqrt(abar_t)`` (inverse sqrt SNR).
 WEIGHTINGS: dict[str, Any] = {
@@ -51,6 +56,13 @@ LR_SCHEDULES: dict[str, Any] = {
     "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
 }
 DATA_TERMS = ("mean", "paper")
+#: ``torch.optim`` optimizers that step a dense tensor without a closure, by lower-case name.
+OPTIMIZERS = tuple(name for name in ("adam", "adamw", "adamax", "nadam", "radam", "sgd", "rmsprop", "adagrad",
+                                     "adadelta", "adafactor", "asgd", "rprop")
+                   if any(k.lower() == name for k in vars(torch.optim)))
+#: optimizers refused by name, and why.
+_REFUSED = {"lbfgs": "it needs a closure that re-evaluates the loss, which RED-diff's stochastic loss cannot give",
+            "sparseadam": "it needs sparse gradients", "muon": "it only takes 2-D (matrix) parameters"}
 
 
 def weighting_fn(name: str):
@@ -62,108 +74,88 @@ def weighting_fn(name: str):
 
 
 def resolve_optimizer(name: str) -> type[torch.optim.Optimizer]:
-    """A ``torch.optim`` optimizer class by case-insensitive name (``adam``, ``sgd``, ``adamw``, ...)."""
-    classes = {
-        k.lower(): v
-        for k, v in vars(torch.optim).items()
-        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
-    }
-    try:
-        return classes[name.lower()]
-    except KeyError:
-        raise SolverError(f"unknown optimizer {name!r}; accepted: {', '.join(sorted(classes))}") from None
+    """A ``torch.optim`` optimizer class among :data:`OPTIMIZERS` by case-insensitive name."""
+    key = str(name).lower()
+    if key in _REFUSED:
+        raise SolverError(f"RED-diff cannot use optimizer {name!r}: {_REFUSED[key]}; accepted: {', '.join(OPTIMIZERS)}")
+    if key not in OPTIMIZERS:
+        raise SolverError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+    return next(v for k, v in vars(torch.optim).items() if k.lower() == key)
 
 
 @dataclass(frozen=True)
-class RedDiff(SolverRecord):
+class RedDiff(Solver):
     """RED-diff (Algorithm 1 of Mardani et al. 2024). The fields are the hyperparameters and the run record.
 
     Defaults follow the paper and its reference implementation: ``lam=0.25``, ``lr=0.1`` (the paper uses
     ``lr=0.5`` for inpainting and the nonlinear tasks, and ``lam=1.0, lr=0.25`` for noisy inpainting at
     ``sigma_y = 0.1``), 1000 descending steps, inverse-SNR (``linear``) weighting, Adam with betas (0.9, 0.99),
-    initialised at ``A_dagger(y)``.
+    initialised at ``A_dagger(y)``. :meth:`from_preset` gives a prior's tuned settings for a task instead.
 
     Both loss terms are *means* over their elements by default (``data_term="mean"``, as in the reference
     implementation; the published ``lam``/``lr`` only carry over with it):
-    ``loss = w_t * mean((eps_hat - eps) * mu) + obs_weight * mean((y - A(mu))^2) / 2``. Means are taken per
-    sample and summed over the batch, so each sample's gradient (and, Adam being elementwise, its whole
-    trajectory) is the one it would have alone. ``data_term="paper"`` uses the paper's sums with the likelihood
-    scale: ``w_t * sum((eps_hat - eps) * mu) + obs_weight * ||y - A(mu)||^2 / (2 sigma_y^2)`` (needs
-    ``sigma_y > 0``). With a noise model on the problem (``problem.noise``, e.g. Poisson), the data term is its
-    ``nll`` (mean form) or ``nll_sum`` (paper form) instead.
+    ``loss = w_t * mean((eps_hat - eps) * mu) + obs_weight * nll(y, A(mu))`` where ``nll`` is the problem's noise
+    model in the mean normalisation (Gaussian: ``mean((y - A(mu))^2) / 2``). Means are taken per sample and summed
+    over the batch, so each sample's gradient (and, Adam being elementwise, its whole trajectory) is the one it would
+    have alone. ``data_term="paper"`` uses the paper's sums with the likelihood scale:
+    ``w_t * sum((eps_hat - eps) * mu) + obs_weight * nll_sum(y, A(mu))`` (Gaussian:
+    ``||y - A(mu)||^2 / (2 sigma_y^2)``, which needs ``sigma_y > 0``).
 
-    Args:
-        steps: number of optimisation steps N (timesteps evenly spaced over 0..T-1).
-        lr: optimizer learning rate.
-        lam: λ, the regularisation strength.
-        weighting: f in ``w_t = lam * f(sqrt(1 - abar_t)/sqrt(abar_t))``: one of :data:`WEIGHTINGS`.
-        obs_weight: weight of the data-fidelity term.
-        sigma_x0: standard deviation of a Gaussian variational posterior around ``mu`` (0: the Dirac of the
-            paper); when > 0, ``x0 = mu + sigma_x0 * z`` is drawn afresh each step (reparameterised).
-        init: initial ``mu``: ``pinv`` (the operator's ``initial_estimate(y)`` where it defines one: blurs use
-            a pseudo-inverse truncated at 3e-2 of the largest singular value, nonlinear operators their own
-            guess; otherwise ``A_dagger(y)``), ``classical`` (the operator's prior-free classical restoration where
-            it has one: bicubic upsampling with back-projection for ``sr``, normalised-convolution filling for
-            inpainting; otherwise as ``pinv``), ``zeros``, ``random`` (standard normal), ``adjoint`` (``A^T y``).
-        order: timestep order: ``descending`` (paper's best), ``ascending`` or ``random``.
-        order_seed: seed of the permutation when ``order="random"`` (the same order for every sample).
-        lr_schedule: ``constant`` (the paper's), ``linear`` or ``cosine`` decay of ``lr`` to 0 over the steps. Adam
-            normalises gradient magnitudes, so with a constant ``lr`` the estimate keeps moving by about ``lr`` per
-            step even where the gradients have become small and noisy; a decay lets it settle.
-        t_max: the largest timestep visited (default ``T - 1``, the paper's). A smaller value skips the noisiest
-            timesteps, whose random regularisation gradients would scramble a good starting point (useful with
-            ``init="classical"``).
-        optimizer: a ``torch.optim`` optimizer name.
-        betas: Adam-family betas.
-        optimizer_kwargs: extra optimizer arguments (e.g. ``{"momentum": 0.9}`` for SGD).
-        data_term: ``mean`` (reference normalisation, default) or ``paper``.
-        clip_x0: clamp the returned estimate to the prior's ``data_range`` ([-1, 1] for images; nothing for priors
-            without one). Off by default: the estimate is returned as optimised.
+    ``init``: ``pinv`` starts from the operator's :meth:`~reddiff.operators.Operator.inverse_estimate` (its own
+    initial estimate where it has one: blurs a pseudo-inverse truncated at 3e-2 of the largest singular value,
+    nonlinear operators their own guess; otherwise ``A_dagger(y)``); ``classical`` from its
+    :meth:`~reddiff.operators.Operator.classical_estimate` (bicubic upsampling with back-projection for ``sr``,
+    normalised-convolution filling for inpainting; otherwise as ``pinv``); ``zeros``; ``random`` (standard normal);
+    ``adjoint`` (``A^T y``, linear operators).
     """
 
-    steps: int = 1000
-    lr: float = 0.1
-    lam: float = 0.25
-    weighting: str = "linear"
-    obs_weight: float = 1.0
-    sigma_x0: float = 0.0
-    init: str = "pinv"
-    order: str = "descending"
-    order_seed: int = 0
-    t_max: int | None = None
-    lr_schedule: str = "constant"
-    optimizer: str = "adam"
-    betas: tuple[float, float] = (0.9, 0.99)
-    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    data_term: str = "mean"
-    clip_x0: bool = False
+    steps: int = hyper(1000, "number of optimisation steps N (timesteps evenly spaced over 0..t_max)",
+                       range=Range(low=1, integer=True))
+    lr: float = hyper(0.1, "optimizer learning rate", range=Range(low=0.0, low_open=True))
+    lam: float = hyper(0.25, "λ, the regularisation strength", range=Range(low=0.0))
+    weighting: str = hyper("linear", "f in w_t = λ f(σ_t/α_t): linear = inverse square-root SNR (the paper's best)",
+                           choices=tuple(WEIGHTINGS))
+    obs_weight: float = hyper(1.0, "weight of the data-fidelity term", range=Range(low=0.0))
+    sigma_x0: float = hyper(0.0, "std of a Gaussian variational posterior around mu (0: the paper's Dirac); "
+                            "x0 = mu + sigma_x0 z is drawn afresh each step", range=Range(low=0.0))
+    init: str = hyper("pinv", "initial mu: pinv = the operator's own rough inverse, else A_dagger(y); classical = "
+                      "its prior-free classical restoration, else as pinv; adjoint = A^T y", choices=INITS)
+    order: str = hyper("descending", "timestep order (descending is the paper's best)", choices=TIMESTEP_ORDERS)
+    order_seed: int = hyper(0, "seed of the permutation when order is random (the same order for every sample)",
+                            range=Range(low=0, integer=True))
+    t_max: int | None = hyper(None, "the largest timestep visited (none: T-1, the paper's); a smaller value skips "
+                              "the noisiest timesteps", range=Range(low=0, integer=True))
+    lr_schedule: str = hyper("constant", "decay of lr over the steps (constant is the paper's)",
+                             choices=tuple(LR_SCHEDULES))
+    optimizer: str = hyper("adam", "torch.optim optimizer", choices=OPTIMIZERS)
+    betas: tuple[float, float] = hyper((0.9, 0.99), "Adam-family betas")
+    optimizer_kwargs: Mapping[str, Any] = hyper({}, "extra optimizer arguments, e.g. {\"momentum\": 0.9} for sgd")
+    data_term: str = hyper("mean", "mean (both terms averaged, the reference normalisation) or paper "
+                           "(the likelihood's sums, ||y - A(mu)||^2 / (2 sigma_y^2))", choices=DATA_TERMS)
+    clip_x0: bool = hyper(False, "clamp the returned estimate to the prior's data range ([-1, 1] for images)")
 
     name = "reddiff"
+    label = "RED-diff"
 
-    def __post_init__(self) -> None:
-        if int(self.steps) < 1:
-            raise SolverError(f"steps must be >= 1, got {self.steps}")
-        for what in ("lr",):
-            value = getattr(self, what)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise SolverError(f"{what} must be a finite number > 0, got {value}")
-        for what in ("lam", "obs_weight", "sigma_x0"):
-            value = getattr(self, what)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise SolverError(f"{what} must be a finite number >= 0, got {value}")
-        weighting_fn(self.weighting)
-        resolve_optimizer(self.optimizer)
-        if self.init not in INITS:
-            raise SolverError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
-        if self.order not in TIMESTEP_ORDERS:
-            raise SolverError(f"unknown timestep order {self.order!r}; accepted: {', '.join(TIMESTEP_ORDERS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise SolverError(f"unknown lr_schedule {self.lr_schedule!r}; accepted: {', '.join(LR_SCHEDULES)}")
-        if self.data_term not in DATA_TERMS:
-            raise SolverError(f"unknown data_term {self.data_term!r}; accepted: {', '.join(DATA_TERMS)}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
+    def normalize(self) -> None:
+        if isinstance(self.optimizer, str):
+            resolve_optimizer(self.optimizer)
+            object.__setattr__(self, "optimizer", self.optimizer.lower())
 
+    @classmethod
+    def from_preset(cls, prior: Any, task: str, sigma_y: float = 0.0, **overrides: Any) -> RedDiff:
+        """RED-diff with the prior's preset for ``task`` at noise ``sigma_y`` ([-1, 1] units), ``overrides`` on top.
+
+        Tasks without a preset for this prior (see ``reddiff list priors``) get the paper's defaults; overrides
+        whose value is None are ignored.
+
+        Example:
+            ``RedDiff.from_preset(prior, "inpaint-box", 0.05, steps=50)``
+        """
+        from ..tools.presets import preset_for_prior
+
+        preset = preset_for_prior(prior, task, sigma_y)
+        return cls(**{**preset, **{k: v for k, v in overrides.items() if v is not None}})
 
     # -- pieces of Algorithm 1 -------------------------------------------------------------------------------
     def weight(self, abar_t: float) -> float:
@@ -177,20 +169,19 @@ class RedDiff(SolverRecord):
             return torch.zeros(problem.x_shape, dtype=y.dtype, device=y.device)
         if self.init == "random":
             return randn_like_per_sample(torch.empty(problem.x_shape, dtype=y.dtype, device=y.device), generators)
-        if self.init == "classical" and callable(getattr(op, "classical_estimate", None)):
-            return op.classical_estimate(y)
         if self.init == "adjoint":
-            if not callable(getattr(op, "A_adjoint", None)):
-                raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} has no A_adjoint")
+            if not isinstance(op, LinearOperator):
+                raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} is not linear")
             return op.A_adjoint(y)
-        for name in ("initial_estimate", "A_dagger"):
-            fn = getattr(op, name, None)
-            if callable(fn):
-                return fn(y)
-        raise SolverError(
-            f"RED-diff init 'pinv' needs A_dagger or initial_estimate; operator {op.task!r} has neither "
-            "(use init='zeros' or 'random')"
-        )
+        est = op.classical_estimate(y) if self.init == "classical" else None
+        if est is None:
+            est = op.inverse_estimate(y)
+        if est is None:
+            raise SolverError(
+                f"RED-diff init {self.init!r} needs A_dagger or initial_estimate; operator {op.task!r} has neither "
+                "(use init='zeros' or 'random')"
+            )
+        return est
 
     # -- Algorithm 1 ---------------------------------------------------------------------------------------------
     def __call__(
@@ -204,7 +195,7 @@ class RedDiff(SolverRecord):
 
         Args:
             prior: a :class:`reddiff.DiffusionPrior`.
-            problem: the measurement, operator and ``sigma_y``.
+            problem: the measurement, operator and noise model.
             generator: randomness: a ``torch.Generator``, one per sample (batch-independent results), an integer seed,
                 or None.
             callback: called with a :class:`StepInfo` after every step.
@@ -213,20 +204,19 @@ class RedDiff(SolverRecord):
             SolverError: on bad settings, an operator without what ``init`` needs, or a NaN/Inf loss or estimate.
         """
         noise = problem.noise
-        if self.data_term == "paper" and noise is None and problem.sigma_y <= 0:
+        if self.data_term == "paper" and isinstance(noise, GaussianNoise) and noise.sigma_y <= 0:
             raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
         op, y = problem.operator, problem.y
-        batch = problem.batch_size
-        gens = per_sample_generators(generator, batch, y.device)
+        gens = per_sample_generators(generator, problem.batch_size, y.device)
         timesteps = prior.schedule.timesteps(
             self.steps, self.order, torch.Generator().manual_seed(self.order_seed), t_max=self.t_max,
             allow_repeats=self.t_max is not None,
         )
         abar = prior.schedule.abar  # float64 on the CPU: exact weights
 
-        with torch.no_grad():
+        with torch.no_grad(), step_context(self.label, -1, self.steps, int(timesteps[0])):
             mu0 = self.initial_estimate(problem, gens).detach().clone()
-        check_finite("RED-diff", 0, int(timesteps[0]), mu0, "initial estimate", "check the measurement")
+        check_finite(self.label, 0, int(timesteps[0]), mu0, "initial estimate", "check the measurement")
         mu = torch.nn.Parameter(mu0)
         opt_cls = resolve_optimizer(self.optimizer)
         kwargs = dict(self.optimizer_kwargs)
@@ -234,43 +224,40 @@ class RedDiff(SolverRecord):
             kwargs.setdefault("betas", self.betas)
         optimizer = opt_cls([mu], lr=self.lr, **kwargs)
 
-        reduce_dims = tuple(range(1, y.dim()))
         x_dims = tuple(range(1, mu.dim()))
         hint = f"try a smaller lr (now {self.lr})"
 
         for i, t in enumerate(timesteps.tolist()):
-            # 1. x0 ~ q(x0 | y): mu itself (Dirac), or mu + sigma_x0 z
-            x0 = mu
-            if self.sigma_x0 > 0:
-                x0 = mu + self.sigma_x0 * randn_like_per_sample(mu, gens)
-            # 2. diffuse: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, fresh eps per sample
-            eps = randn_like_per_sample(mu, gens)
-            a_t = float(abar[t])
-            with torch.no_grad():
-                x_t = math.sqrt(a_t) * x0.detach() + math.sqrt(1.0 - a_t) * eps
-                # 3. denoise, no gradient through the network (stop-gradient)
-                eps_hat = prior.eps(x_t, t)
-            # 4. SNR-based weight
-            w_t = self.weight(a_t)
-            # 5. loss = w_t * <sg(eps_hat - eps), x0> + obs_weight * data fidelity
-            ax = op.A(x0)
-            score_term = (eps_hat - eps).detach() * x0
-            if self.data_term == "mean":
-                reg = score_term.mean(dim=x_dims)
-                obs = noise.nll(y, ax) if noise is not None else 0.5 * (y - ax).pow(2).mean(dim=reduce_dims)
-            else:
-                reg = score_term.sum(dim=x_dims)
-                obs = (noise.nll_sum(y, ax) if noise is not None
-                       else (y - ax).pow(2).sum(dim=reduce_dims) / (2.0 * problem.sigma_y**2))
-            loss = (w_t * reg + self.obs_weight * obs).sum()
-            # a non-finite mu from the previous step shows up here too, so the loop checks only the loss
-            check_finite("RED-diff", i, t, loss.detach(), "loss", hint)
-            # 6. one optimizer step on mu
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr * LR_SCHEDULES[self.lr_schedule](i / self.steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with step_context(self.label, i, self.steps, t):
+                # 1. x0 ~ q(x0 | y): mu itself (Dirac), or mu + sigma_x0 z
+                x0 = mu
+                if self.sigma_x0 > 0:
+                    x0 = mu + self.sigma_x0 * randn_like_per_sample(mu, gens)
+                # 2. diffuse: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, fresh eps per sample
+                eps = randn_like_per_sample(mu, gens)
+                a_t = float(abar[t])
+                with torch.no_grad():
+                    x_t = math.sqrt(a_t) * x0.detach() + math.sqrt(1.0 - a_t) * eps
+                    # 3. denoise, no gradient through the network (stop-gradient)
+                    eps_hat = prior.eps(x_t, t)
+                # 4. SNR-based weight
+                w_t = self.weight(a_t)
+                # 5. loss = w_t * <sg(eps_hat - eps), x0> + obs_weight * data fidelity (the noise model's likelihood)
+                ax = op.A(x0)
+                score_term = (eps_hat - eps).detach() * x0
+                if self.data_term == "mean":
+                    reg, obs = score_term.mean(dim=x_dims), noise.nll(y, ax)
+                else:
+                    reg, obs = score_term.sum(dim=x_dims), noise.nll_sum(y, ax)
+                loss = (w_t * reg + self.obs_weight * obs).sum()
+                # a non-finite mu from the previous step shows up here too, so the loop checks only the loss
+                check_finite(self.label, i, t, loss.detach(), "loss", hint)
+                # 6. one optimizer step on mu
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr * LR_SCHEDULES[self.lr_schedule](i / self.steps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             if callback is not None:
                 callback(
                     StepInfo(
@@ -287,6 +274,5 @@ class RedDiff(SolverRecord):
                     )
                 )
         out = mu.detach()
-        check_finite("RED-diff", self.steps - 1, int(timesteps[-1]), out, "estimate", hint)
-        bounds = getattr(prior, "data_range", None)
-        return out.clamp(*bounds) if self.clip_x0 and bounds is not None else out
+        check_finite(self.label, self.steps - 1, int(timesteps[-1]), out, "estimate", hint)
+        return out.clamp(*prior.data_range) if self.clip_x0 and prior.data_range is not None else out
