@@ -34,9 +34,9 @@ import torch
 from scipy.stats import chi2
 
 from reddiff import Problem, RedDiff
-from reddiff.gmm import GaussianMixturePrior, sliced_wasserstein
 from reddiff.operators.matrix import MatrixOperator
 from reddiff.solvers import DDRM, DPS, PiGDM
+from reddiff.tools.gmm import GaussianMixturePrior, sliced_wasserstein
 
 F64 = torch.float64
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from reddiff import DPS, Problem, RedDiff, load_prior
-from reddiff.data import held_out_images
+from reddiff.experiment import simulate
 from reddiff.io import from_unit, to_unit
 from reddiff.metrics import psnr
-from reddiff.pipeline import simulate
+from reddiff.tools.data import held_out_images
 
 TASKS = ("phase-retrieval", "hdr", "jpeg:20")
 

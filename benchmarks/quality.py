@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from reddiff import load_prior
-from reddiff.data import held_out_images
+from reddiff.experiment import restore
 from reddiff.io import from_unit, to_unit
 from reddiff.metrics import psnr, ssim
-from reddiff.pipeline import restore
+from reddiff.tools.data import held_out_images
 
 TASKS = (("sr:4", 0.01), ("inpaint-random:0.8", 0.0), ("deblur-gauss", 0.01), ("denoise", 0.1))
 

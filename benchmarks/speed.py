@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from reddiff.bench import BenchConfig, format_table, run_bench
+from reddiff.tools.bench import BenchConfig, format_table, run_bench
 
 
 def main(argv: list[str] | None = None) -> int:

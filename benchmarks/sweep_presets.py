@@ -3,7 +3,7 @@
 For each task every candidate setting runs on the same crops; the one with the best mean PSNR becomes the preset.
 The held-out pictures (astronaut, chelsea, coffee) are never used here. With ``--write`` the presets (and the
 sweep table as provenance) are written beside the prior's weights, where ``reddiff solve``/``demo`` and
-:func:`reddiff.pipeline.restore` pick them up.
+:func:`reddiff.restore` pick them up.
 
 The candidates include the paper's settings (``init=pinv``, all timesteps, constant ``lr``) and refinements of a
 classical start (``init=classical``) over the low-noise timesteps only (``t_max``) with a cosine ``lr`` decay, with
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from reddiff import load_prior
-from reddiff.data import HELD_OUT, builtin_training_images
+from reddiff.experiment import restore
 from reddiff.io import from_unit
-from reddiff.pipeline import restore
-from reddiff.presets import presets_path
+from reddiff.tools.data import HELD_OUT, builtin_training_images
+from reddiff.tools.presets import presets_path
 
 
 def _grid(base: dict, **axes: tuple) -> list[dict]:

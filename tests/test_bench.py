@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from reddiff import Problem, RedDiff, ReddiffError, make_operator, psnr
-from reddiff.bench import BenchConfig, format_table, run_bench
 from reddiff.cli import main
+from reddiff.runtime import Runtime, runtime_of, use_runtime
+from reddiff.tools.bench import BenchConfig, format_table, run_bench
 
 
 def test_bench_report(tmp_path, adm_fixtures):
@@ -43,11 +44,13 @@ def test_reduced_precision_stays_close_to_fp32(tiny_prior, small_image, precisio
     y = op(x)
     solver = RedDiff(steps=10, lr=0.1)
     ref = solver(tiny_prior, Problem(y, op, 0.0), generator=torch.Generator().manual_seed(0))
+    original = tiny_prior.network
     try:
-        tiny_prior.configure(precision=precision, channels_last=True)
+        use_runtime(tiny_prior, Runtime(precision=precision, channels_last=True))
+        assert runtime_of(tiny_prior).precision == precision
         low = solver(tiny_prior, Problem(y, op, 0.0), generator=torch.Generator().manual_seed(0))
     finally:
-        tiny_prior.configure()
+        tiny_prior.network = original
     assert low.dtype == torch.float32
     # the same run in reduced precision: within 30 dB of the fp32 result (PSNR between the two estimates)
     assert float(psnr((low.clamp(-1, 1) + 1) / 2, (ref.clamp(-1, 1) + 1) / 2)[0]) > 30
@@ -55,4 +58,4 @@ def test_reduced_precision_stays_close_to_fp32(tiny_prior, small_image, precisio
 
 def test_unknown_precision(tiny_prior):
     with pytest.raises(ReddiffError, match="fp32, bf16, fp16"):
-        tiny_prior.configure(precision="int4")
+        Runtime(precision="int4")

@@ -160,7 +160,7 @@ def _one_line_error(code, err, *needles):
         (["--task", "sr:4", "--sigma-y", "-0.1"], ["--sigma-y", ">= 0"]),
         (["--task", "sr:4", "--steps", "0"], ["--steps", ">= 1"]),
         (["--task", "sr:4", "--lr", "0"], ["--lr", "> 0"]),
-        (["--task", "sr:4", "--lr", "nan"], ["--lr", "finite"]),
+        (["--task", "sr:4", "--lr", "nan"], ["--lr", "> 0", "nan"]),
         (["--task", "sr:4", "--weighting", "cubic"], ["--weighting", "linear"]),
     ],
 )

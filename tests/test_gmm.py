@@ -11,9 +11,9 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from reddiff.errors import ReddiffError
-from reddiff.gmm import GaussianMixture, GaussianMixturePrior, dense_matrix, sliced_wasserstein
 from reddiff.operators import make_operator
 from reddiff.operators.matrix import MatrixOperator
+from reddiff.tools.gmm import GaussianMixture, GaussianMixturePrior, dense_matrix, sliced_wasserstein
 
 F64 = torch.float64
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,15 @@ def test_atomic_json_and_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         write_json({"bad": object()}, tmp_path / "s.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_json_is_standard_without_infinity_or_nan(tmp_path):
+    """A PSNR of identical images is infinite: the JSON says null, which every JSON reader accepts."""
+    obj = {"psnr": float("inf"), "rows": [{"v": float("nan")}, (1.5, float("-inf"))], "ok": 2.0}
+    text = write_json(obj, tmp_path / "r.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == {
+        "psnr": None, "rows": [{"v": None}, [1.5, None]], "ok": 2.0}
 
 
 def test_grid_layout():

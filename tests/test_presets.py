@@ -10,7 +10,7 @@ import pytest
 
 from reddiff import ReddiffError
 from reddiff.cli import main
-from reddiff.presets import load_presets, preset_for, presets_path
+from reddiff.tools.presets import load_presets, preset_for, presets_path
 
 PRESETS = {
     "provenance": {"script": "test"},

@@ -30,6 +30,7 @@ try:
 except ImportError:  # pragma: no cover
     __version__ = "0.1.0"
 
+#: The public API: name -> (module, attribute), imported on first use. ``__all__`` is generated from it.
 _LAZY: dict[str, tuple[str, str]] = {
     "DiffusionPrior": ("reddiff.prior", "DiffusionPrior"),
     "load_prior": ("reddiff.prior", "load_prior"),
@@ -38,7 +39,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Operator": ("reddiff.operators", "Operator"),
     "LinearOperator": ("reddiff.operators", "LinearOperator"),
     "SVDOperator": ("reddiff.operators", "SVDOperator"),
+    "MatrixOperator": ("reddiff.operators.matrix", "MatrixOperator"),
     "TASKS": ("reddiff.operators", "TASKS"),
+    "NoiseModel": ("reddiff.noise", "NoiseModel"),
+    "GaussianNoise": ("reddiff.noise", "GaussianNoise"),
+    "PoissonNoise": ("reddiff.noise", "PoissonNoise"),
     "Problem": ("reddiff.solvers.base", "Problem"),
     "StepInfo": ("reddiff.solvers.base", "StepInfo"),
     "RedDiff": ("reddiff.solvers.reddiff", "RedDiff"),
@@ -47,9 +52,12 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PiGDM": ("reddiff.solvers.pigdm", "PiGDM"),
     "DDRM": ("reddiff.solvers.ddrm", "DDRM"),
     "SOLVERS": ("reddiff.solvers", "SOLVERS"),
-    "GaussianMixturePrior": ("reddiff.gmm", "GaussianMixturePrior"),
-    "sliced_wasserstein": ("reddiff.gmm", "sliced_wasserstein"),
-    "MatrixOperator": ("reddiff.operators.matrix", "MatrixOperator"),
+    "restore": ("reddiff.experiment", "restore"),
+    "simulate": ("reddiff.experiment", "simulate"),
+    "score": ("reddiff.experiment", "score"),
+    "Runtime": ("reddiff.runtime", "Runtime"),
+    "GaussianMixturePrior": ("reddiff.tools.gmm", "GaussianMixturePrior"),
+    "sliced_wasserstein": ("reddiff.tools.gmm", "sliced_wasserstein"),
     "psnr": ("reddiff.metrics", "psnr"),
     "ssim": ("reddiff.metrics", "ssim"),
     "ReddiffError": ("reddiff.errors", "ReddiffError"),
@@ -58,34 +66,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SolverError": ("reddiff.errors", "SolverError"),
 }
 
-__all__ = [
-    "CheckpointError",
-    "DDIM",
-    "DDRM",
-    "DPS",
-    "DiffusionPrior",
-    "GaussianMixturePrior",
-    "LinearOperator",
-    "MatrixOperator",
-    "Operator",
-    "OperatorError",
-    "PiGDM",
-    "Problem",
-    "RedDiff",
-    "ReddiffError",
-    "SOLVERS",
-    "SVDOperator",
-    "SolverError",
-    "StepInfo",
-    "TASKS",
-    "VPSchedule",
-    "__version__",
-    "load_prior",
-    "make_operator",
-    "psnr",
-    "sliced_wasserstein",
-    "ssim",
-]
+#: Sub-packages and modules reachable as ``reddiff.NAME`` without an explicit import.
+_MODULES = ("cli", "errors", "experiment", "io", "metrics", "networks", "noise", "operators", "params", "prior",
+            "runtime", "schedule", "solvers", "tools")
+
+__all__ = sorted([*_LAZY, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
@@ -94,7 +79,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    if name in ("io", "metrics", "schedule", "prior", "operators", "solvers", "networks", "cli"):
+    if name in _MODULES:
         return importlib.import_module(f"reddiff.{name}")
     raise AttributeError(f"module 'reddiff' has no attribute {name!r}")
 
@@ -105,11 +90,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import CheckpointError, OperatorError, ReddiffError, SolverError
-    from .gmm import GaussianMixturePrior, sliced_wasserstein
+    from .experiment import restore, score, simulate
     from .metrics import psnr, ssim
+    from .noise import GaussianNoise, NoiseModel, PoissonNoise
     from .operators import TASKS, LinearOperator, Operator, SVDOperator, make_operator
     from .operators.matrix import MatrixOperator
     from .prior import DiffusionPrior, load_prior
+    from .runtime import Runtime
     from .schedule import VPSchedule
     from .solvers import SOLVERS
     from .solvers.base import Problem, StepInfo
@@ -118,3 +105,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .solvers.dps import DPS
     from .solvers.pigdm import PiGDM
     from .solvers.reddiff import RedDiff
+    from .tools.gmm import GaussianMixturePrior, sliced_wasserstein

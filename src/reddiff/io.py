@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,9 @@ __all__ = [
     "save_image",
     "list_images",
     "write_json",
+    "json_safe",
+    "dumps",
+    "as_saved",
     "atomic_path",
     "make_grid",
 ]
@@ -149,6 +153,13 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def as_saved(x: torch.Tensor) -> torch.Tensor:
+    """One image in [-1, 1] exactly as :func:`save_image` writes it and :func:`load_image` reads it back (8 bits per
+    channel), ``[1, C, H, W]`` float32: what metrics of a saved estimate must be computed on."""
+    arr = torch.from_numpy(to_uint8(x).astype(np.float32) / 255.0)
+    return from_unit(arr.permute(2, 0, 1).unsqueeze(0))
+
+
 def save_image(x: torch.Tensor, path: str | Path) -> Path:
     """Write one image in [-1, 1] (``[C, H, W]`` or ``[1, C, H, W]``, C = 1 or 3) atomically; format from suffix."""
     from PIL import Image
@@ -162,23 +173,40 @@ def save_image(x: torch.Tensor, path: str | Path) -> Path:
     return target
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (a PSNR of identical images, ...) replaced by None, and tensors, NumPy
+    scalars, paths, tuples and sets turned into JSON types, so that the output is standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, str | int | bool) or obj is None:
+        return obj
+    return json_safe(_json_default(obj))
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Standard JSON text of ``obj`` (see :func:`json_safe`; never ``NaN`` or ``Infinity``)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON atomically."""
+    """Write ``obj`` as indented standard JSON atomically."""
     target = Path(path)
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(dumps(obj, indent=2) + "\n")
     return target
 
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, tuple | set):
-        return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .errors import ReddiffError
+from ..errors import ReddiffError
+from ..runtime import Runtime, use_runtime
 from .profiling import PeakMemory
 
 __all__ = ["BENCH_NETWORKS", "BenchConfig", "build_bench_prior", "run_bench", "format_table"]
@@ -58,9 +59,9 @@ class BenchConfig:
 
 def build_bench_prior(network: str, device: torch.device) -> Any:
     """The prior to benchmark: a named architecture with random weights, the bundled prior, or a checkpoint."""
-    from .networks.adm import create_model
-    from .networks.hub import NAMED_PRIORS
-    from .prior import DiffusionPrior, load_prior
+    from ..networks.adm import create_model
+    from ..networks.hub import NAMED_PRIORS
+    from ..prior import DiffusionPrior, load_prior
 
     if network in NAMED_PRIORS:
         cfg = dict(NAMED_PRIORS[network].config)
@@ -92,7 +93,7 @@ def _time_forward(prior: Any, x: torch.Tensor, cfg: BenchConfig, device: torch.d
 
 
 def _time_solver(name: str, prior: Any, problem: Any, cfg: BenchConfig, device: torch.device):
-    from .solvers import SOLVERS
+    from ..solvers import SOLVERS
 
     steps = cfg.warmup + cfg.repeats
     solver = SOLVERS[name](steps=steps)
@@ -114,14 +115,14 @@ def _time_solver(name: str, prior: Any, problem: Any, cfg: BenchConfig, device: 
 
 def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     """Measure and return a JSON-serialisable report (rows per batch size and method)."""
-    from .operators import make_operator
-    from .solvers.base import Problem
+    from ..operators import make_operator
+    from ..solvers.base import Problem
 
     if cfg.repeats < 1 or cfg.warmup < 0 or cfg.size < 8 or not cfg.batch_sizes:
         raise ReddiffError("bench needs repeats >= 1, warmup >= 0, size >= 8 and at least one batch size")
     device = torch.device(cfg.device)
     prior = build_bench_prior(cfg.network, device)
-    prior.configure(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
+    use_runtime(prior, Runtime(cfg.precision, cfg.channels_last, cfg.compile))
     channels = getattr(prior.network, "in_channels", 3)
     rows = []
     for batch in cfg.batch_sizes:

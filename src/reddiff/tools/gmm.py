@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ReddiffError
-from .prior import DiffusionPrior
-from .schedule import VPSchedule
+from ..errors import ReddiffError
+from ..prior import DiffusionPrior
+from ..schedule import VPSchedule
 
 __all__ = ["GaussianMixture", "GaussianMixturePrior", "GaussianMixtureDenoiser", "sliced_wasserstein",
            "dense_matrix"]

@@ -11,9 +11,11 @@ A prior may ship a presets file beside its weights (``<stem>.presets.json``)::
       }
     }
 
-Each task family (the name before ``:`` in a task string) holds a list of entries ordered by ``max_sigma_y``
-(in [-1, 1] units); the first entry whose ``max_sigma_y`` is at least the problem's ``sigma_y`` (``null``: no
-bound) applies. Settings the user gives explicitly always win over presets.
+Each task family holds a list of entries ordered by ``max_sigma_y`` (in [-1, 1] units); the first entry whose
+``max_sigma_y`` is at least the problem's ``sigma_y`` (``null``: no bound) applies. Settings the user gives explicitly
+always win over presets. The family is :attr:`reddiff.operators.TaskString.family`: the task name without its
+parameter (``"sr"`` for ``"sr:4"``), and for a composite the parts' names joined by ``+``
+(``"sr+inpaint-random"``): a composite has its own presets or none, never its first part's.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ReddiffError
+from ..errors import ReddiffError
 
-__all__ = ["PRESET_KEYS", "presets_path", "load_presets", "preset_for"]
+__all__ = ["PRESET_KEYS", "presets_path", "load_presets", "preset_for", "preset_for_prior", "no_preset_notice"]
 
 #: The RED-diff fields a preset may set.
 PRESET_KEYS = ("lam", "lr", "steps", "weighting", "init", "t_max", "lr_schedule")
@@ -62,10 +64,11 @@ def load_presets(weights: str | Path | None) -> dict[str, Any] | None:
 
 def preset_for(presets: dict[str, Any] | None, task: str, sigma_y: float) -> dict[str, Any]:
     """The preset values for a task string at noise level ``sigma_y`` ([-1, 1] units); empty if none apply."""
+    from ..operators.registry import parse_task
+
     if not presets:
         return {}
-    family = task.split(":", 1)[0].strip().lower()
-    entries = presets.get("tasks", {}).get(family)
+    entries = presets.get("tasks", {}).get(parse_task(task).family)
     if not entries:
         return {}
     for e in entries:
@@ -73,3 +76,19 @@ def preset_for(presets: dict[str, Any] | None, task: str, sigma_y: float) -> dic
         if bound is None or sigma_y <= float(bound) + 1e-12:
             return {k: e[k] for k in PRESET_KEYS if k in e}
     return {k: entries[-1][k] for k in PRESET_KEYS if k in entries[-1]}
+
+
+def preset_for_prior(prior: Any, task: str, sigma_y: float) -> dict[str, Any]:
+    """The preset of ``prior`` (from the presets file beside its weights, if any) for ``task`` at ``sigma_y``."""
+    return preset_for(load_presets(prior.info.get("path")), task, sigma_y)
+
+
+def no_preset_notice(prior: Any, task: str) -> str:
+    """One line for a task that has no preset with this prior: what runs instead and how to choose settings."""
+    from ..solvers.reddiff import RedDiff
+
+    d = RedDiff()
+    name = prior.info.get("name") or "this prior"
+    return (f"no RED-diff preset for task {task!r} with prior {name!r}: using the paper's settings ({d.steps} steps, "
+            f"lam {d.lam}, lr {d.lr}, {d.weighting} weighting); set --steps/--lam/--lr, or sweep presets for it with "
+            "benchmarks/sweep_presets.py")

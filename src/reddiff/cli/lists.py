@@ -1,0 +1,98 @@
+"""``reddiff list``: tasks, priors (with their presets and cache state) and solvers (every field and default).
+
+The module is named ``lists`` so that it does not shadow the built-in ``list`` in this package."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+NAME = "list"
+RANK = 6
+HELP = "list tasks, priors or solvers"
+DESCRIPTION = ("List what reddiff offers: the tasks with their parameters, the priors with their presets and whether "
+               "they are cached, and the solvers with every field and its default (--markdown: the solver tables "
+               "of the README).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", nargs="?", default="all", choices=["tasks", "priors", "solvers", "all"])
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON")
+    out.add_argument("--markdown", action="store_true", help="print the solvers' fields as Markdown tables")
+
+
+def _priors() -> dict[str, Any]:
+    from ..networks.hub import BUNDLED, NAMED_PRIORS, bundled_weights, cache_dir
+    from ..tools.presets import load_presets
+
+    bundled = bundled_weights()
+    presets = load_presets(bundled) if bundled.is_file() else None
+    priors: dict[str, Any] = {
+        BUNDLED: {"description": "small natural-image prior shipped with reddiff (docs/MODEL_CARD.md); the default",
+                  "file": str(bundled), "cached": bundled.is_file(), "sources": ["package data"],
+                  "presets": (presets or {}).get("tasks", {}), "presets_provenance": (presets or {}).get("provenance")}
+    }
+    priors.update({name: {"description": p.description, "file": p.filename,
+                          "cached": (cache_dir() / p.filename).is_file(), "sources": list(p.urls)}
+                   for name, p in NAMED_PRIORS.items()})
+    return priors
+
+
+def solver_tables() -> str:
+    """Every solver's fields as Markdown tables (name, default, accepted values, meaning): the README's tables."""
+    from ..solvers import SOLVERS
+
+    lines = []
+    for name, cls in SOLVERS.items():
+        lines += [f"`--solver {name}` ({cls.label}):", "", "| flag | default | accepted | meaning |",
+                  "| --- | --- | --- | --- |"]
+        for q in cls.hyperparams():
+            default = q.default if not isinstance(q.default, tuple) else ",".join(f"{v:g}" for v in q.default)
+            lines.append(f"| `{q.flag}` | {default if default is not None else 'none'} | {q.accepted()} | "
+                         f"{q.help} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io import dumps
+    from ..networks.hub import cache_dir
+    from ..operators import TASKS
+    from ..solvers import SOLVERS
+
+    if args.markdown:
+        print(solver_tables(), end="")
+        return 0
+    data: dict[str, Any] = {}
+    if args.what in ("tasks", "all"):
+        data["tasks"] = dict(TASKS)
+    if args.what in ("priors", "all"):
+        data["priors"] = _priors()
+    if args.what in ("solvers", "all"):
+        data["solvers"] = {name: cls().to_dict() for name, cls in SOLVERS.items()}
+    if args.json:
+        print(dumps(data, indent=2))
+        return 0
+    if "tasks" in data:
+        print("tasks:")
+        for k, v in data["tasks"].items():
+            print(f"  {k:<28} {v}")
+        print(f"  {'TASK+TASK':<28} composite: the parts applied in order, e.g. sr:4+inpaint-random:0.5")
+        print(f"  {'file.py:function':<28} your own operator: function((C, H, W)) returns an Operator or a "
+              "differentiable callable (also module:function)")
+    if "priors" in data:
+        print(f"priors (cache: {cache_dir()}):")
+        for k, v in data["priors"].items():
+            print(f"  {k:<28} {v['description']}{'  [cached]' if v['cached'] else ''}")
+            for family, entries in (v.get("presets") or {}).items():
+                for e in entries:
+                    bound = "any sigma_y" if e.get("max_sigma_y") is None else f"sigma_y <= {e['max_sigma_y']:g}"
+                    settings = "  ".join(f"{k} {val}" for k, val in e.items() if k not in ("max_sigma_y", "note"))
+                    print(f"  {'':<28}   preset {family:<16} {bound:<18} {settings}")
+    if "solvers" in data:
+        print("solvers:")
+        for k, v in data["solvers"].items():
+            fields = ", ".join(f"{a}={b}" for a, b in v.items() if a != "solver")
+            print(f"  {k:<28} {fields}")
+    return 0
