@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_overwrite, refuse_existing
 from scipy.stats import chi2
 
 from reddiff import Problem, RedDiff
@@ -160,8 +161,10 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="join the rows of partial runs' JSON files (--dims/--dys parts) into --json")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the table as a bar chart (PNG)")
+    add_overwrite(parser)
     args = parser.parse_args()
     if args.merge:
+        refuse_existing(args, args.json or Path("benchmarks/results/mixture.json"), args.plot)
         parts = [json.loads(f.read_text()) for f in args.merge]
         rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: (r["d"], r["d_y"], r["steps"]))
         out = args.json or Path("benchmarks/results/mixture.json")
@@ -173,6 +176,7 @@ def main() -> None:
     if args.json is None:
         stem = "mixture" + ("_quick" if args.quick else "") + ("_tune" if args.tune else "")
         args.json = Path("benchmarks/results") / (stem + ".json")
+    refuse_existing(args, args.json, args.plot)
     problems = 3 if args.quick else 20
     n = 500 if args.quick else 2000
     step_list = [20, 100]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_overwrite, refuse_existing
 
 from reddiff import DPS, Problem, RedDiff, load_prior
 from reddiff.experiment import simulate
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-schedule", default="cosine", help="RED-diff lr schedule (constant: the paper's)")
     parser.add_argument("--zeta", type=float, default=1.0, help="DPS step size")
     parser.add_argument("--out", default="benchmarks/results/nonlinear.json")
+    add_overwrite(parser)
     args = parser.parse_args(argv)
+    refuse_existing(args, args.out)
 
     prior = load_prior(args.prior, progress=False).eval()
     # RED-diff as the bundled prior's sr/deblur presets run it (starting from the operator's estimate, low-noise

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_overwrite, refuse_existing
 
 from reddiff import load_prior
 from reddiff.experiment import restore
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the presets' steps")
     parser.add_argument("--tasks", default=",".join(t for t, _ in TASKS))
     parser.add_argument("--out", default="benchmarks/results/quality.json")
+    add_overwrite(parser)
     args = parser.parse_args(argv)
+    refuse_existing(args, args.out)
 
     prior = load_prior(args.prior, progress=False).eval()
     wanted = args.tasks.split(",")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from common import add_overwrite, refuse_existing
 
 from reddiff.tools.bench import BenchConfig, format_table, run_bench
 
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/speed.json")
+    add_overwrite(parser)
     args = parser.parse_args(argv)
+    refuse_existing(args, args.out)
 
     reports = []
     for network in args.networks.split(","):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_overwrite, refuse_existing
 
 from reddiff import load_prior
 from reddiff.experiment import restore
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                              "other training picture (18; about 6x the time, a steadier choice)")
     parser.add_argument("--write", action="store_true", help="write the presets beside the prior's weights")
     parser.add_argument("--out", default="benchmarks/results/sweep_presets.json")
+    add_overwrite(parser)
     args = parser.parse_args(argv)
+    refuse_existing(args, args.out)
 
     prior = load_prior(args.prior, progress=False).eval()
     images = crops(args.size, args.crops)

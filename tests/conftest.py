@@ -15,6 +15,16 @@ SHARED = REPO.parent / "shared"
 ADM_FIXTURES = SHARED / "fixtures" / "adm"
 
 
+#: Every device the fast device-generic tests run on: the CPU, and CUDA where a GPU is present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """A torch device: tests taking it run once per entry of :data:`DEVICES`."""
+    return torch.device(request.param)
+
+
 @pytest.fixture(scope="session")
 def adm_fixtures() -> Path:
     if not ADM_FIXTURES.is_dir():

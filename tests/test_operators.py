@@ -77,11 +77,11 @@ def test_tasks_table() -> None:
 
 
 @pytest.mark.parametrize("task", ALL_TASKS + EXTRA_TASKS)
-def test_adjoint_shapes_batch(task: str) -> None:
-    op = build(task)
+def test_adjoint_shapes_batch(task: str, device: torch.device) -> None:
+    op = build(task).to(device)
     assert isinstance(op, LinearOperator) and op.linear
     assert not list(op.parameters())
-    x, y = x_for(op, 3), y_for(op, 3)
+    x, y = x_for(op, 3).to(device), y_for(op, 3).to(device)
     ax = op.A(x)
     assert ax.shape == (3, *op.y_shape) and ax.dtype == F64
     aty = op.A_adjoint(y)
@@ -96,32 +96,32 @@ def test_adjoint_shapes_batch(task: str) -> None:
 
 
 @pytest.mark.parametrize("task", SVD_TASKS)
-def test_svd_structure(task: str) -> None:
-    op = build(task)
+def test_svd_structure(task: str, device: torch.device) -> None:
+    op = build(task).to(device)
     assert isinstance(op, SVDOperator)
-    x = x_for(op)
+    x = x_for(op).to(device)
     s = op.singulars()
     n, m, r = math.prod(op.x_shape), math.prod(op.y_shape), s.numel()
     assert s.dim() == 1 and r == op.r <= min(n, m) and bool((s >= 0).all())
     vx = op.Vt(x)
     assert vx.shape == (2, n)
     torch.testing.assert_close(op.V(vx), x, rtol=0, atol=1e-12)
-    z = torch.randn(2, n, generator=gen(3), dtype=F64)
+    z = torch.randn(2, n, generator=gen(3), dtype=F64).to(device)
     torch.testing.assert_close(op.Vt(op.V(z)), z, rtol=0, atol=1e-12)
     torch.testing.assert_close(vx.norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-12, atol=0)
-    zr = torch.randn(2, r, generator=gen(4), dtype=F64)
+    zr = torch.randn(2, r, generator=gen(4), dtype=F64).to(device)
     u = op.U(zr)
     assert u.shape == (2, *op.y_shape)
     torch.testing.assert_close(op.Ut(u), zr, rtol=0, atol=1e-12)
     if r == m:
-        y = y_for(op)
+        y = y_for(op).to(device)
         torch.testing.assert_close(op.U(op.Ut(y)), y, rtol=0, atol=1e-12)
     # A = U S V^T, and the first r entries of Vt(x) are the ones s multiplies
     ax = op.A(x)
     assert rel(op.U(s * vx[:, :r]), ax) < 1e-12
     assert rel(SVDOperator.A(op, x), ax) < 1e-12
     assert rel(op.Ut(ax), s * vx[:, :r]) < 1e-12
-    y = y_for(op)
+    y = y_for(op).to(device)
     assert rel(SVDOperator.A_adjoint(op, y), op.A_adjoint(y)) < 1e-12
     assert rel(SVDOperator.A_dagger(op, y), op.A_dagger(y)) < 1e-10
     # pseudo-inverse
@@ -431,3 +431,29 @@ def test_conv2d_kernel_errors_and_float32_pinv() -> None:
     y = op.A(x)
     assert op.A_dagger(y).dtype == torch.float32
     assert rel(op.A(op.A_dagger(y)).double(), y.double()) < 1e-3
+
+
+@pytest.mark.parametrize("task", ["inpaint-random:0.5", "cs:0.5", "deblur-motion", "hdr", "sr:2+inpaint-random:0.5"])
+def test_stacked_operators_are_the_parts_applied_per_sample(task: str, device: torch.device) -> None:
+    """A batch of per-image operators is one operator of the most capable kind the parts share, and every
+    capability (estimates included) is each part's on its own sample."""
+    from reddiff.operators import StackedOperator, stack
+
+    parts = [build(task, seed=s).to(device) for s in range(3)]
+    op = stack(parts)
+    assert isinstance(op, StackedOperator) and isinstance(op, Operator)
+    assert isinstance(op, LinearOperator) == all(isinstance(p, LinearOperator) for p in parts)
+    assert isinstance(op, SVDOperator) == all(isinstance(p, SVDOperator) for p in parts)
+    x = torch.rand(3, *op.x_shape, generator=gen(5), dtype=F64).to(device) * 2 - 1
+    y = op.A(x)
+    torch.testing.assert_close(y, torch.cat([p.A(x[i : i + 1]) for i, p in enumerate(parts)]))
+    for name in ("initial_estimate", "classical_estimate", "inverse_estimate"):
+        got, want = getattr(op, name)(y), [getattr(p, name)(y[i : i + 1]) for i, p in enumerate(parts)]
+        if want[0] is None:
+            assert got is None, name
+        else:
+            torch.testing.assert_close(got, torch.cat(want))
+    if isinstance(op, SVDOperator):
+        torch.testing.assert_close(op.V(op.Vt(x)), x)
+        torch.testing.assert_close(op.Ut(y), torch.cat([p.Ut(y[i : i + 1]) for i, p in enumerate(parts)]))
+    assert stack(parts[:1]) is parts[0]

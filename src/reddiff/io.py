@@ -156,7 +156,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def as_saved(x: torch.Tensor) -> torch.Tensor:
     """One image in [-1, 1] exactly as :func:`save_image` writes it and :func:`load_image` reads it back (8 bits per
     channel), ``[1, C, H, W]`` float32: what metrics of a saved estimate must be computed on."""
-    arr = torch.from_numpy(to_uint8(x).astype(np.float32) / 255.0)
+    arr = torch.from_numpy(np.ascontiguousarray(to_uint8(x)).astype(np.float32) / 255.0)
     return from_unit(arr.permute(2, 0, 1).unsqueeze(0))
 
 

@@ -248,8 +248,8 @@ def parse_text(param: HyperParam, text: str) -> Any:
             value = tuple(float(v) for v in raw.split(","))
         elif param.kind == "mapping":
             value = json.loads(raw)
-        else:
-            value = raw
+        else:  # names are matched regardless of case on the command line
+            value = next((c for c in param.choices or () if c.lower() == raw.lower()), raw)
     except (ValueError, KeyError):
         raise ValueError(f"must be {param.accepted()}, got {text!r}") from None
     try:

@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             note = getattr(module, "INTERRUPTED", "nothing half-written was left behind")
         if not quiet:
             print(f"reddiff: interrupted: {_one_line(note)}", file=sys.stderr)
-        return 143 if isinstance(exc, _Terminated) else 130
+        terminated = any(isinstance(e, _Terminated) for e in (exc, exc.__cause__, exc.__context__))
+        return 143 if terminated else 130
     finally:
         if previous is not None:
             import signal

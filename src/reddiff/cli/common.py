@@ -14,7 +14,8 @@ from ..errors import ReddiffError
 
 __all__ = ["Parser", "number", "POS_INT", "NONNEG_INT", "POS_FLOAT", "NONNEG_FLOAT", "add_prior_args",
            "add_runtime_args", "add_solver_args", "add_measure_args", "add_run_args", "solver_from_args",
-           "load_cli_prior", "device_from", "progress", "say", "unique_stems", "parse_list", "noise_from_args"]
+           "load_cli_prior", "device_from", "progress", "say", "unique_stems", "parse_list", "noise_from_args",
+           "add_input_output", "output_path", "load_clean", "simulated_jobs"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -230,6 +231,44 @@ def add_run_args(p: argparse.ArgumentParser) -> Any:
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return run
+
+
+def add_input_output(p: argparse.ArgumentParser) -> None:
+    """``--input`` (clean images) and ``--output`` (a folder)."""
+    p.add_argument("--input", metavar="CLEAN", required=True, help="clean image file or folder")
+    p.add_argument("--output", metavar="DIR", required=True, help="output folder")
+
+
+def output_path(text: str) -> Path:
+    """The ``--output`` folder, refused at once when it is a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ReddiffError(f"output path {path} is a file; give a folder")
+    return path
+
+
+def load_clean(path: Path) -> Any:
+    """A clean image as ``[1, 3, H, W]`` in [-1, 1], saying what was converted (grey -> RGB, alpha dropped)."""
+    from ..io import load_image
+
+    notices: list[str] = []
+    x = load_image(path, channels=3, notices=notices)
+    for n in notices:
+        say(f"reddiff: note: {n}")
+    return x
+
+
+def simulated_jobs(files: list[Path], task: str, noise: Any, seed: int) -> list[Any]:
+    """A job per clean image, its measurement simulated with the image's own seeds (as ``solve --input`` does)."""
+    from ..experiment import Job, Seeds, simulate
+
+    jobs = []
+    for f in files:
+        x = load_clean(f)
+        seeds = Seeds.for_image(seed, f.stem)
+        op, y = simulate(x, task, noise, seeds.operator)
+        jobs.append(Job(f.stem, op, y, seeds, clean=x, source=f))
+    return jobs
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..errors import ReddiffError
 from .common import (
+    add_input_output,
     add_measure_args,
     add_prior_args,
     add_run_args,
@@ -15,9 +15,10 @@ from .common import (
     device_from,
     load_cli_prior,
     noise_from_args,
+    output_path,
     parse_list,
     progress,
-    say,
+    simulated_jobs,
     solver_from_args,
     unique_stems,
 )
@@ -32,8 +33,7 @@ DESCRIPTION = ("Simulate a measurement of each clean image (as `solve --input` d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", metavar="CLEAN", required=True, help="clean image file or folder")
-    p.add_argument("--output", metavar="DIR", required=True, help="output folder")
+    add_input_output(p)
     add_measure_args(p)
     add_prior_args(p)
     add_solver_args(p, multi=True)
@@ -62,14 +62,12 @@ def _one(name: str, args: argparse.Namespace, prior: Any, job: Any, preset: dict
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiment import Job, OutputDir, Seeds, simulate
-    from ..io import dumps, list_images, load_image, make_grid, save_image, write_json
+    from ..experiment import OutputDir
+    from ..io import dumps, list_images, make_grid, save_image, write_json
     from ..solvers import SOLVERS
     from ..tools.presets import preset_for_prior
 
-    out_path = Path(args.output)
-    if out_path.exists() and not out_path.is_dir():
-        raise ReddiffError(f"output path {out_path} is a file; give a folder")
+    out_path = output_path(args.output)
     names = parse_list(args.solvers, list(SOLVERS), "solver")
     for n in names:
         solver_from_args(args, name=n, strict=False)  # validate settings before any work
@@ -81,15 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise ReddiffError(f"outputs exist in {out_path} for {', '.join(taken[:3])}; pass --overwrite")
     noise = noise_from_args(args)
     device = device_from(args.device)
-    jobs = []
-    for f in files:
-        notices: list[str] = []
-        x = load_image(f, channels=3, notices=notices)
-        for n in notices:
-            say(f"reddiff: note: {n}")
-        seeds = Seeds.for_image(args.seed, f.stem)
-        op, y = simulate(x, args.task, noise, seeds.operator)
-        jobs.append(Job(f.stem, op, y, seeds, clean=x, source=f))
+    jobs = simulated_jobs(files, args.task, noise, args.seed)
     prior = load_cli_prior(args, device)
     report: dict[str, Any] = {"task": jobs[0].operator.task, "sigma_y": args.sigma_y, "prior": prior.info.get("name"),
                               "images": []}

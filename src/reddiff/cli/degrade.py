@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ReddiffError
-from .common import add_measure_args, noise_from_args, say, unique_stems
+from .common import add_input_output, add_measure_args, noise_from_args, output_path, simulated_jobs, unique_stems
 
 NAME = "degrade"
 RANK = 2
@@ -19,8 +19,7 @@ DESCRIPTION = ("Write, per image, DIR/<name>.png (the measurement as an image), 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", metavar="CLEAN", required=True, help="clean image file or folder")
-    p.add_argument("--output", metavar="DIR", required=True, help="output folder")
+    add_input_output(p)
     add_measure_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (the whole record of an image)")
 
@@ -31,10 +30,10 @@ def _record_files(out_dir: Path, stem: str) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
-    from ..experiment import OutputDir, Seeds, mask_image, simulate
-    from ..io import list_images, load_image, save_image, write_json
+    from ..experiment import OutputDir, mask_image
+    from ..io import list_images, save_image, write_json
 
-    out_path = Path(args.output)
+    out_path = output_path(args.output)
     files = list_images(args.input)
     unique_stems(files)
     if not args.overwrite:
@@ -42,17 +41,10 @@ def run(args: argparse.Namespace) -> int:
         if taken:
             raise ReddiffError(f"outputs exist in {out_path} for {', '.join(taken[:3])}; pass --overwrite")
     noise = noise_from_args(args)
-    prepared = []
-    for f in files:  # every measurement first: a bad file or task fails before anything is written
-        notices: list[str] = []
-        x = load_image(f, channels=3, notices=notices)
-        for n in notices:
-            say(f"reddiff: note: {n}")
-        seeds = Seeds.for_image(args.seed, f.stem)
-        op, y = simulate(x, args.task, noise, seeds.operator)
-        prepared.append((f, op, y, seeds))
+    jobs = simulated_jobs(files, args.task, noise, args.seed)  # all first: a bad file fails before any write
     with OutputDir(out_path) as out_dir:
-        for f, op, y, seeds in prepared:
+        for job in jobs:
+            f, op, y, seeds = job.source, job.operator, job.y, job.seeds
             outs = {"measurement": str(save_image(op.y_to_image(y).clamp(-1, 1), out_dir / f"{f.stem}.png"))}
             mask = mask_image(op)
             if mask is not None:

@@ -15,7 +15,8 @@ HELP = "restore a held-out picture from several simulated measurements and show 
 DESCRIPTION = ("With no arguments: the 256x256 centre crop of the held-out 'astronaut' picture, measured with sr:4 "
                "(noise 0.01), inpaint-random:0.8 (noiseless) and deblur-gauss (noise 0.01), restored with RED-diff "
                "and the bundled prior and its presets. Writes DIR/demo_grid.png (rows: measurement, RED-diff, ground "
-               "truth) and DIR/demo.json, and prints PSNR/SSIM (of the estimate as saved) and seconds per task.")
+               "truth), each estimate as DIR/<i>_<task>.png and DIR/demo.json, and prints PSNR/SSIM (of the estimate "
+               "as saved, by the rule of `solve` and `eval`) and seconds per task.")
 
 #: (task, noise in 0..1 pixel units) shown by `reddiff demo` without --task.
 DEMO_TASKS = (("sr:4", 0.01), ("inpaint-random:0.8", 0.0), ("deblur-gauss", 0.01))
@@ -80,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
             r = restore(prior, x, task, 2.0 * noise, seed=args.seed + i, callback=on_step, steps=args.steps)
             bar.close()
+            estimate = save_image(r.estimate, out_dir / f"{i}_{r.task.replace(':', '_').replace('+', '-')}.png")
             rows.append(make_grid([r.measurement_image, r.estimate, r.clean],
                                   [f"{r.task} y", f"RED-diff {r.psnr:.2f} dB", "ground truth"]))
             results.append({"task": r.task, "sigma_y": noise, "psnr": r.psnr, "ssim": r.ssim,
                             "psnr_pinv": r.psnr_measurement, "seconds": round(r.seconds, 2), "solver": r.solver,
-                            "preset": r.preset})
+                            "preset": r.preset, "estimate": str(estimate)})
         width = max(r.shape[2] for r in rows)
         grid = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[2]), value=1.0) for r in rows], dim=1)
         grid_path = save_image(grid, out_dir / "demo_grid.png")

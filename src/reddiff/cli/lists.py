@@ -49,8 +49,9 @@ def solver_tables() -> str:
                   "| --- | --- | --- | --- |"]
         for q in cls.hyperparams():
             default = q.default if not isinstance(q.default, tuple) else ",".join(f"{v:g}" for v in q.default)
-            lines.append(f"| `{q.flag}` | {default if default is not None else 'none'} | {q.accepted()} | "
-                         f"{q.help} |")
+            flag = f"`{q.flag}`, `--no-{q.flag[2:]}`" if q.kind == "bool" else f"`{q.flag}`"
+            cells = [flag, str(default if default is not None else "none"), q.accepted(), q.help]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

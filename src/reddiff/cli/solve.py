@@ -18,6 +18,7 @@ from .common import (
     device_from,
     load_cli_prior,
     noise_from_args,
+    output_path,
     progress,
     say,
     solver_from_args,
@@ -131,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     if args.mask is not None and args.input is not None:
         raise ReddiffError("--mask goes with --measurement; with --input use --task inpaint-mask:PATH")
-    out_path = Path(args.output)
-    if out_path.exists() and not out_path.is_dir():
-        raise ReddiffError(f"output path {out_path} is a file; give a folder")
+    out_path = output_path(args.output)
     files = list_images(args.input if args.input is not None else args.measurement)
     unique_stems(files)
     solver_from_args(args)  # validate the settings before any work

@@ -118,8 +118,9 @@ def score(estimate: torch.Tensor, clean: torch.Tensor) -> Scores:
     """
     est = estimate if estimate.dim() == 4 else estimate.unsqueeze(0)
     ref = clean if clean.dim() == 4 else clean.unsqueeze(0)
-    a = to_unit(as_saved(est.detach().cpu()).double())
-    b = to_unit(ref.detach().cpu().double())
+    # contiguous float64: the same memory layout whatever the tensors' origin, so the sums run in the same order
+    a = to_unit(as_saved(est.detach().cpu()).double()).contiguous()
+    b = to_unit(ref.detach().cpu().double()).contiguous()
     value = float(psnr(a, b)[0])
     s = float(ssim(a, b)[0]) if min(a.shape[-2:]) >= SSIM_MIN_SIZE else None
     return Scores(value, s)

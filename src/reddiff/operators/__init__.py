@@ -46,6 +46,7 @@ from reddiff.operators.registry import (
     make_operator,
     parse_task,
     register_task,
+    task_specs,
     x_shape_from_measurement,
 )
 from reddiff.operators.resampling import Bicubic, BlockAverage, bicubic_matrix
@@ -94,6 +95,7 @@ __all__ = [
     "random_mask",
     "round_ste",
     "register_task",
+    "task_specs",
     "stack",
     "toeplitz_same",
     "uniform_first_basis",

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -18,6 +18,9 @@ from ..errors import SolverError, UserCodeError
 from ..noise import GaussianNoise, NoiseModel
 from ..operators.base import LinearOperator, Operator, SVDOperator
 from ..params import HyperParam, check_value, hyperparams
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prior import DiffusionPrior
 
 __all__ = ["Problem", "StepInfo", "Callback", "Solver", "Sampler", "SampleContext", "GeneratorLike", "SOLVERS",
            "per_sample_generators", "randn_like_per_sample", "check_finite", "ddim_sigma", "ddim_step"]
@@ -145,6 +148,22 @@ class Solver:
         """The solver's name and fields as a JSON-serialisable dict (the run record)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         return {"solver": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+    def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+        """Solve ``problem`` with ``prior``: one estimate or sample per measurement (``[B, ...]``, detached).
+
+        Args:
+            prior: a :class:`reddiff.DiffusionPrior`.
+            problem: the measurement, operator and noise model.
+            generator: randomness: a ``torch.Generator``, one per sample (results independent of the batch), an
+                integer seed, or None.
+            callback: called with a :class:`StepInfo` after every step.
+
+        Raises:
+            SolverError: the operator lacks what the solver needs, bad settings, or the run diverged (NaN/Inf).
+        """
+        raise NotImplementedError
 
     def check_operator(self, operator: Operator) -> None:
         """Raise one clear error when ``operator`` is not of a type the solver needs."""
@@ -277,7 +296,7 @@ class SampleContext:
         state: whatever :meth:`Sampler.prepare` computed once per run (spectral quantities, ...).
     """
 
-    prior: Any
+    prior: DiffusionPrior
     problem: Problem | None
     generators: list[torch.Generator]
     state: Any = None
@@ -311,29 +330,14 @@ class Sampler(Solver):
         noise = randn_like_per_sample(x0_hat, ctx.generators) if ddim_sigma(a_t, a_prev, eta) > 0 else None
         return ddim_step(x0_hat, eps_hat, a_t, a_prev, eta, noise)
 
-    def __call__(
-        self,
-        prior: Any,
-        problem: Problem,
-        generator: GeneratorLike = None,
-        callback: Callback | None = None,
-    ) -> torch.Tensor:
-        """Draw one sample per measurement in ``problem`` (``[B, ...]``, detached).
-
-        Args:
-            prior: a :class:`reddiff.DiffusionPrior`.
-            problem: the measurement, operator and noise model.
-            generator: a ``torch.Generator``, one per sample, an integer seed, or None.
-            callback: called with a :class:`StepInfo` (``x`` = that step's ``x0_hat``) after every step.
-
-        Raises:
-            SolverError: the operator lacks what the sampler needs, or the sample diverged.
-        """
+    def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+        """Draw one sample per measurement (see :meth:`Solver.__call__`; ``StepInfo.x`` is that step's ``x0_hat``)."""
         self.check_operator(problem.operator)
         y = problem.y
         return self.run(prior, problem, problem.x_shape, generator, callback, dtype=y.dtype, device=y.device)
 
-    def run(self, prior: Any, problem: Problem | None, shape: tuple[int, ...], generator: GeneratorLike,
+    def run(self, prior: DiffusionPrior, problem: Problem | None, shape: tuple[int, ...], generator: GeneratorLike,
             callback: Callback | None, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The loop: draw ``x_T``, :meth:`prepare`, then :meth:`step` over the descending timesteps."""
         gens = per_sample_generators(generator, int(shape[0]), device)

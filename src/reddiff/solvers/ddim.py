@@ -14,12 +14,15 @@ The generalised (non-Markovian) reverse step of DDIM, eq. 12 of the paper, in th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..params import Range, hyper
 from .base import Callback, GeneratorLike, SampleContext, Sampler, ddim_sigma, ddim_step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prior import DiffusionPrior
 
 __all__ = ["DDIM", "ddim_sigma", "ddim_step"]
 
@@ -50,7 +53,7 @@ class DDIM(Sampler):
 
     def sample(
         self,
-        prior: Any,
+        prior: DiffusionPrior,
         shape: tuple[int, ...],
         generator: GeneratorLike = None,
         callback: Callback | None = None,

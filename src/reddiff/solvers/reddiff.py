@@ -14,7 +14,7 @@ import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,9 @@ from .base import (
     randn_like_per_sample,
     step_context,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..prior import DiffusionPrior
 
 __all__ = ["RedDiff", "WEIGHTINGS", "INITS", "LR_SCHEDULES", "DATA_TERMS", "OPTIMIZERS", "weighting_fn",
            "resolve_optimizer"]
@@ -143,7 +146,7 @@ class RedDiff(Solver):
             object.__setattr__(self, "optimizer", self.optimizer.lower())
 
     @classmethod
-    def from_preset(cls, prior: Any, task: str, sigma_y: float = 0.0, **overrides: Any) -> RedDiff:
+    def from_preset(cls, prior: DiffusionPrior, task: str, sigma_y: float = 0.0, **overrides: Any) -> RedDiff:
         """RED-diff with the prior's preset for ``task`` at noise ``sigma_y`` ([-1, 1] units), ``overrides`` on top.
 
         Tasks without a preset for this prior (see ``reddiff list priors``) get the paper's defaults; overrides
@@ -184,25 +187,9 @@ class RedDiff(Solver):
         return est
 
     # -- Algorithm 1 ---------------------------------------------------------------------------------------------
-    def __call__(
-        self,
-        prior: Any,
-        problem: Problem,
-        generator: GeneratorLike = None,
-        callback: Callback | None = None,
-    ) -> torch.Tensor:
-        """Run RED-diff and return the estimate ``mu`` (``[B, ...]``, detached).
-
-        Args:
-            prior: a :class:`reddiff.DiffusionPrior`.
-            problem: the measurement, operator and noise model.
-            generator: randomness: a ``torch.Generator``, one per sample (batch-independent results), an integer seed,
-                or None.
-            callback: called with a :class:`StepInfo` after every step.
-
-        Raises:
-            SolverError: on bad settings, an operator without what ``init`` needs, or a NaN/Inf loss or estimate.
-        """
+    def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+        """Run RED-diff and return the estimate ``mu`` (see :meth:`Solver.__call__`)."""
         noise = problem.noise
         if self.data_term == "paper" and isinstance(noise, GaussianNoise) and noise.sigma_y <= 0:
             raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
