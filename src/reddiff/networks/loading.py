@@ -103,7 +103,8 @@ def load_state_dict_file(path: str | os.PathLike[str], *, display_name: str | No
                 f"checkpoint {name} is not a weights-only checkpoint: it holds pickled Python objects (reddiff never "
                 "runs pickled code); save a plain state dict or a .safetensors file"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {name} (truncated or not a checkpoint?): {one_line(e)}") from e
+        detail = one_line(e) if not isinstance(e, KeyError | IndexError) else "not a torch or safetensors file"
+        raise CheckpointError(f"cannot read checkpoint {name} (truncated or not a checkpoint?): {detail}") from e
     if not _is_tensor_dict(obj):
         nested = [k for k in _WRAPPER_KEYS if isinstance(obj, Mapping) and _is_tensor_dict(obj.get(k))]
         if len(nested) != 1:
