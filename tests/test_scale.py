@@ -61,7 +61,7 @@ def test_two_processes_match_one(tmp_path, folder, adm_fixtures):
 def test_killed_run_leaves_complete_files_and_resumes(tmp_path, folder, adm_fixtures):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "reddiff", "solve", "--task", "sr:2", "--input", str(folder), "--prior",
-            str(adm_fixtures / "tiny_a.pt"), "--steps", "150", "--no-progress", "--output", str(out)]
+            str(adm_fixtures / "tiny_a.pt"), "--steps", "50", "--no-progress", "--output", str(out)]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("*/run.json")):

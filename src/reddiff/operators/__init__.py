@@ -10,7 +10,6 @@ from reddiff.operators.base import (
     LinearOperator,
     Operator,
     SelectionOperator,
-    SeparableOperator,
     SVDOperator,
     conjugate_gradient,
     uniform_first_basis,
@@ -50,6 +49,7 @@ from reddiff.operators.registry import (
     x_shape_from_measurement,
 )
 from reddiff.operators.resampling import Bicubic, BlockAverage, bicubic_matrix
+from reddiff.operators.separable import SeparableOperator
 from reddiff.operators.stacked import StackedOperator, stack
 from reddiff.operators.user import CallableOperator, LinearCallableOperator, load_user_operator
 

@@ -16,8 +16,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from reddiff.errors import OperatorError
-from reddiff.operators.base import LinearOperator, SeparableOperator
+from reddiff.operators.base import LinearOperator
 from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.operators.separable import SeparableOperator
 from reddiff.params import Range
 
 __all__ = [
@@ -79,7 +80,7 @@ class SeparableBlur(SeparableOperator):
     ``T_H`` (``H x H``) and ``T_W`` (``W x W``) are the Toeplitz matrices of ``k`` (:func:`toeplitz_same`); the SVD
     comes from their 1-D SVDs, singular values are the outer product ``S_H[i] * S_W[j]`` (many are ~0 for a
     Gaussian; :meth:`A_dagger` cuts them at ``rtol``). Spectral layout as in
-    :class:`~reddiff.operators.base.SeparableOperator` (``r = n = C * H * W``).
+    :class:`~reddiff.operators.separable.SeparableOperator` (``r = n = C * H * W``).
 
     Args:
         kernel_1d: 1-D kernel ``[K]`` (centre tap ``K // 2``).

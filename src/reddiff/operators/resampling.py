@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from reddiff.errors import OperatorError
-from reddiff.operators.base import SelectionOperator, SeparableOperator, uniform_first_basis
+from reddiff.operators.base import SelectionOperator, uniform_first_basis
 from reddiff.operators.registry import TaskSpec, register_task
+from reddiff.operators.separable import SeparableOperator
 from reddiff.params import Range
 
 __all__ = ["BlockAverage", "Bicubic", "bicubic_matrix", "keys_cubic"]
@@ -156,7 +157,7 @@ class Bicubic(SeparableOperator):
     """Bicubic downsampling by an integer factor ``F`` (task ``bicubic:F``): ``Y_c = D_H X_c D_W^T``.
 
     ``D_H``, ``D_W`` are :func:`bicubic_matrix` (antialiased Keys ``a = -0.5``, reflected boundary). SVD and
-    spectral layout as in :class:`~reddiff.operators.base.SeparableOperator`; ``y`` is ``[B, C, H/F, W/F]``.
+    spectral layout as in :class:`~reddiff.operators.separable.SeparableOperator`; ``y`` is ``[B, C, H/F, W/F]``.
 
     Args:
         factor: Integer factor ``F``.
