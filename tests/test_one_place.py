@@ -48,11 +48,12 @@ def test_every_solver_field_is_reachable_from_the_cli(tmp_path, capsys, small_im
     """Set each RED-diff field to a non-default value on the command line and find it in run.json."""
     values = {"--steps": ("2", 2), "--lr": ("0.05", 0.05), "--lam": ("0.5", 0.5), "--weighting": ("sqrt", "sqrt"),
               "--obs-weight": ("2", 2.0), "--sigma-x0": ("0.01", 0.01), "--init": ("zeros", "zeros"),
-              "--order": ("random", "random"), "--order-seed": ("3", 3), "--t-max": ("500", 500),
+              "--order": ("random", "random"), "--order-seed": ("3", 3), "--t-max": ("500", 500.0),
               "--lr-schedule": ("cosine", "cosine"), "--optimizer": ("AdamW", "adamw"),
               "--betas": ("0.8,0.9", [0.8, 0.9]),
               "--optimizer-kwargs": ('{"weight_decay": 0.1}', {"weight_decay": 0.1}),
-              "--data-term": ("paper", "paper"), "--clip-x0": (None, True)}
+              "--data-term": ("paper", "paper"), "--clip-x0": (None, True),
+              "--timestep-spacing": ("leading", "leading")}
     assert set(values) == {q.flag for q in SOLVERS["reddiff"].hyperparams()}
     argv = ["solve", "--task", "sr:2", "--input", str(small_image), "--output", str(tmp_path / "o"), "--sigma-y",
             "0.02", "--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress"]
@@ -184,6 +185,6 @@ def test_package_root_shows_the_core_and_exports_one_list():
         assert name in r.__all__
     root = Path(r.__file__).parent
     modules = sorted(p.stem for p in root.glob("*.py"))
-    assert modules == ["__init__", "__main__", "errors", "io", "metrics", "noise", "params", "prior", "runtime",
-                       "schedule"]
+    assert modules == ["__init__", "__main__", "errors", "io", "metrics", "noise", "params", "prediction", "prior",
+                       "runtime", "schedule"]
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", r.__version__)

@@ -120,7 +120,7 @@ def test_weightings(name):
         (dict(data_term="sum"), "data_term must be one of mean, paper"),
         (dict(betas=(0.9,)), "betas must be 2 comma-separated numbers"),
         (dict(optimizer_kwargs=[1]), "optimizer_kwargs must be a JSON object"),
-        (dict(t_max=-1), "t_max must be an integer >= 0 \\(or none\\)"),
+        (dict(t_max=-1), "t_max must be a number >= 0 \\(or none\\)"),
     ],
 )
 def test_bad_settings_are_one_clear_error(kwargs, match):

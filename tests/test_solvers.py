@@ -215,7 +215,8 @@ def test_reddiff_estimates_land_in_posterior_modes():
 # -- contracts ---------------------------------------------------------------------------------------------------------
 def test_registry_and_run_records():
     assert set(SOLVERS) == {"reddiff", "dps", "pigdm", "ddrm", "ddim"}
-    assert DDRM().to_dict() == {"solver": "ddrm", "steps": 20, "eta": 0.85, "eta_b": 1.0, "rtol": 1e-10}
+    assert DDRM().to_dict() == {"solver": "ddrm", "steps": 20, "eta": 0.85, "eta_b": 1.0, "rtol": 1e-10,
+                                "timestep_spacing": "linspace"}
     assert DPS().to_dict()["zeta"] == 1.0 and DPS().steps == 1000
     assert PiGDM().steps == 100 and DDIM().eta == 0.0
     with pytest.raises(SolverError, match="eta"):

@@ -1,4 +1,4 @@
-"""Diffusion priors: an ε-prediction network together with its noise schedule."""
+"""Diffusion priors: a denoising network, what it predicts, and its noise schedule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ReddiffError
-from .schedule import VPSchedule
+from .prediction import canonical_prediction, network_input, to_eps_x0
+from .schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["DiffusionPrior", "load_prior"]
 
@@ -20,10 +21,17 @@ __all__ = ["DiffusionPrior", "load_prior"]
 class DiffusionPrior(nn.Module):
     """A pretrained diffusion model used as a prior: ``predict(x_t, t) -> (eps, x0)``.
 
-    The prior owns the network and the schedule, so solvers never slice network outputs or look up ``abar``
-    themselves. Learned-σ networks (guided-diffusion's ``learn_sigma=True``, 2C output channels of which the
-    first C are ε) are handled here by configuration. How the network runs (precision, memory format, compilation,
-    evaluation counting) is not the prior's concern: see :mod:`reddiff.runtime`.
+    The prior owns the network, the noise schedule (any family: VP, VE/EDM, rectified flow, ...; see
+    :mod:`reddiff.schedule`) and what the network predicts (``epsilon``, ``sample``, ``v_prediction``, ``edm``,
+    ``flow``; see :mod:`reddiff.prediction`), so solvers never slice network outputs or convert parameterisations
+    themselves. Learned-σ networks (2C output channels of which the first C are the prediction) are handled here by
+    configuration. How the network runs (precision, memory format, compilation, evaluation counting) is not the
+    prior's concern: see :mod:`reddiff.runtime`.
+
+    Solvers speak the VP-equivalent variable: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` with ``abar_t =
+    schedule.abar_of(t)``. The prior hands the network ``x_t * schedule.scale_of(t)``, the schedule's own variable
+    ``alpha_t x0 + sigma_t eps`` (the same for VP, where the scale is 1), with the time as the network expects it
+    (``network_time(t)``; an ``edm`` denoiser gets ``x_t / alpha_t`` and ``sigma_t / alpha_t``).
 
     Images whose height or width is not a multiple of ``network.size_multiple`` are padded (reflect, or
     replicate where the image is too small to reflect) to the next multiple before the network and cropped back
@@ -31,28 +39,40 @@ class DiffusionPrior(nn.Module):
     unchanged.
 
     Args:
-        network: callable ``network(x_t, t) -> eps`` with ``x_t`` of shape ``[B, ...]`` and integer ``t`` of
-            shape ``[B]``.
-        schedule: the VP schedule the network was trained with (default: linear betas, T = 1000).
-        learned_sigma: the network outputs 2C channels, of which the first C are ε.
+        network: callable ``network(x, time) -> prediction`` with ``x`` of shape ``[B, ...]`` and ``time`` of shape
+            ``[B]``.
+        schedule: the noise schedule the network was trained with (default: VP, linear betas, T = 1000).
+        learned_sigma: the network outputs 2C channels, of which the first C are the prediction.
         info: free-form provenance (name, path, sha256, config) recorded in run files.
         data_range: ``(low, high)`` bounds of every coordinate of the clean data (images: ``(-1, 1)``, the
             default), or None when the data are unbounded. ``E[x0 | x_t]`` lies within the same bounds, so samplers
             may clip their Tweedie estimates to them (ΠGDM does by default).
+        prediction: what the network predicts (default ``epsilon``).
+        network_time: maps the schedule's times to the network's time input (default: unchanged; e.g. ``t * 1000``
+            for diffusers' flow models).
+        clip_denoised: clamp ``x0`` to ``data_range`` in :meth:`predict`, leaving ``eps`` as predicted (diffusers'
+            ``clip_sample``).
     """
 
     def __init__(
         self,
         network: nn.Module | Callable[..., torch.Tensor],
-        schedule: VPSchedule | None = None,
+        schedule: NoiseSchedule | None = None,
         learned_sigma: bool = False,
         info: dict[str, Any] | None = None,
         data_range: tuple[float, float] | None = (-1.0, 1.0),
+        prediction: str = "epsilon",
+        network_time: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clip_denoised: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
         self.schedule = schedule if schedule is not None else VPSchedule()
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise ReddiffError(f"schedule must be a reddiff NoiseSchedule, got {type(self.schedule).__name__}")
         self.learned_sigma = bool(learned_sigma)
+        self.prediction = canonical_prediction(prediction)
+        self.network_time = network_time
         self.info: dict[str, Any] = dict(info or {})
         if data_range is not None:
             low, high = (float(v) for v in data_range)
@@ -60,19 +80,48 @@ class DiffusionPrior(nn.Module):
                 raise ReddiffError(f"data_range must be two finite numbers low < high or None, got {data_range!r}")
             data_range = (low, high)
         self.data_range: tuple[float, float] | None = data_range
-        self.register_buffer("abar", self.schedule.abar.clone(), persistent=False)
+        self.clip_denoised = bool(clip_denoised)
+        if self.clip_denoised and data_range is None:
+            raise ReddiffError("clip_denoised needs a data_range to clip to")
+        #: today's exact VP ε path: integer timesteps, ε from the network, x0 in the input's dtype.
+        self._vp_eps = isinstance(self.schedule, VPSchedule) and self.prediction == "epsilon" and network_time is None
+
+    def describe(self) -> dict[str, Any]:
+        """Family, prediction type and schedule, for run records."""
+        return {"family": self.schedule.family, "prediction": self.prediction, "schedule": self.schedule.to_dict(),
+                "learned_sigma": self.learned_sigma, "data_range": self.data_range, "clip_denoised": self.clip_denoised}
 
     # -- schedule helpers ------------------------------------------------------------------------------------
     @property
     def num_timesteps(self) -> int:
-        """T, the number of discrete timesteps of the schedule."""
-        return self.schedule.num_timesteps
+        """T, the number of discrete timesteps of a discrete schedule."""
+        return self.schedule.num_timesteps  # type: ignore[attr-defined]
+
+    def _times(self, t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+        dtype = torch.int64 if self.schedule.discrete else torch.float64
+        t = torch.as_tensor(t, device=device)
+        t = (t.long() if dtype == torch.int64 else t.to(dtype)).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(batch)
+        if t.numel() != batch:
+            raise ReddiffError(f"got {t.numel()} timesteps for a batch of {batch}")
+        return t
+
+    def _levels(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha_t, sigma_t)`` float64, shaped ``[B, 1, 1, ...]`` against ``like``."""
+        a, s = self.schedule.alpha_sigma(t.cpu())
+        shape = (-1, *([1] * (like.dim() - 1)))
+        return a.reshape(shape).to(like.device), s.reshape(shape).to(like.device)
 
     def abar_at(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        """``abar_t`` as a tensor broadcastable against ``like`` (``[B, 1, 1, ...]``), in ``like``'s dtype."""
-        t = torch.as_tensor(t, device=self.abar.device).long().reshape(-1)
-        a = self.schedule.abar.to(device=like.device)[t.to(like.device)].to(like.dtype)
-        return a.reshape(-1, *([1] * (like.dim() - 1)))
+        """The VP-equivalent ``abar_t`` as a tensor broadcastable against ``like`` (``[B, 1, 1, ...]``), in
+        ``like``'s dtype."""
+        if isinstance(self.schedule, VPSchedule):
+            t = torch.as_tensor(t).long().reshape(-1)
+            a = self.schedule.abar.to(device=like.device)[t.to(like.device)].to(like.dtype)
+            return a.reshape(-1, *([1] * (like.dim() - 1)))
+        alpha, sigma = self._levels(torch.as_tensor(t).reshape(-1), like)
+        return (alpha * alpha / (alpha * alpha + sigma * sigma)).to(like.dtype)
 
     # -- the network -----------------------------------------------------------------------------------------
     def _network_dtype(self, x: torch.Tensor) -> torch.dtype:
@@ -81,60 +130,78 @@ class DiffusionPrior(nn.Module):
                 return p.dtype
         return x.dtype
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """The network's noise prediction ``eps_theta(x_t, t)``, in ``x_t``'s dtype and shape.
-
-        Args:
-            x_t: noisy input ``[B, ...]``.
-            t: integer timestep(s), a scalar or ``[B]``.
-        """
-        batch = x_t.shape[0]
-        t = torch.as_tensor(t, device=x_t.device).long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-        if t.numel() != batch:
-            raise ReddiffError(f"got {t.numel()} timesteps for a batch of {batch}")
-        inp = x_t.to(self._network_dtype(x_t))
+    def _call(self, x: torch.Tensor, time: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The network on ``x`` (padded to its size multiple and cropped back), its prediction ``[B, ...]``."""
+        inp = x.to(self._network_dtype(x))
         crop = None
         multiple = int(getattr(self.network, "size_multiple", 1) or 1)
-        if x_t.dim() == 4 and multiple > 1:
-            h, w = x_t.shape[-2:]
+        if x.dim() == 4 and multiple > 1:
+            h, w = x.shape[-2:]
             ph, pw = (-h) % multiple, (-w) % multiple
             if ph or pw:
                 mode = "reflect" if ph < h and pw < w else "replicate"
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
                 crop = (h, w)
-        out = self.network(inp, t)
+        out = self.network(inp, time)
         if self.learned_sigma:
-            out = out[:, : x_t.shape[1]]
+            out = out[:, : like.shape[1]]
         if crop is not None:
             out = out[..., : crop[0], : crop[1]]
-        if out.shape != x_t.shape:
+        if out.shape != like.shape:
             raise ReddiffError(
-                f"the network returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "
+                f"the network returned shape {tuple(out.shape)} for input {tuple(like.shape)}; "
                 "set learned_sigma=True for networks that also predict variances"
             )
-        return out.to(x_t.dtype)
+        return out
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε and the Tweedie estimate ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``.
+    def _general(self, x_t: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eps, x0)`` for any family and prediction type, converted in float64."""
+        times = self._times(t, x_t.shape[0], x_t.device)
+        alpha, sigma = self._levels(times, x_t)
+        scale = (alpha * alpha + sigma * sigma).sqrt()
+        x_fam = x_t.to(torch.float64) * scale
+        time = self.network_time(times) if self.network_time is not None else times
+        x_in, time = network_input(self.prediction, x_fam, alpha, sigma, time)
+        out = self._call(x_in.to(x_t.dtype), time, x_t)
+        eps, x0 = to_eps_x0(self.prediction, out.to(torch.float64), x_fam, alpha, sigma)
+        return eps.to(x_t.dtype), x0.to(x_t.dtype)
 
-        Gradients flow through the network unless the caller wraps this in ``torch.no_grad()``.
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The noise prediction ``eps_theta(x_t, t)``, in ``x_t``'s dtype and shape.
+
+        Args:
+            x_t: noisy input ``[B, ...]`` in the VP-equivalent variable.
+            t: timestep(s) of the schedule, a scalar or ``[B]``.
+        """
+        if self._vp_eps:
+            return self._call(x_t, self._times(t, x_t.shape[0], x_t.device), x_t).to(x_t.dtype)
+        return self._general(x_t, t)[0]
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε and the Tweedie estimate ``x0`` (for ε-networks ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``).
+
+        Gradients flow through the network unless the caller wraps this in ``torch.no_grad()``. With
+        ``clip_denoised``, ``x0`` is clamped to the data range (``eps`` stays the network's).
 
         Returns:
             ``(eps, x0)``, both shaped like ``x_t``.
         """
-        eps = self.eps(x_t, t)
-        abar = self.abar_at(t, x_t).expand(x_t.shape[0], *([1] * (x_t.dim() - 1)))
-        x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        if self._vp_eps:
+            eps = self.eps(x_t, t)
+            abar = self.abar_at(t, x_t).expand(x_t.shape[0], *([1] * (x_t.dim() - 1)))
+            x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        else:
+            eps, x0 = self._general(x_t, t)
+        if self.clip_denoised:
+            x0 = x0.clamp(*self.data_range)  # type: ignore[misc]
         return eps, x0
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :meth:`predict`."""
         return self.predict(x_t, t)
 
-    def noise(self, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
-        """The forward process: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``."""
+    def noise(self, x0: torch.Tensor, t: torch.Tensor | float, eps: torch.Tensor) -> torch.Tensor:
+        """The forward process in the VP-equivalent variable: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``."""
         abar = self.abar_at(t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 

@@ -1,20 +1,41 @@
-"""The variance-preserving (VP / DDPM) noise schedule, kept in float64.
+"""Noise schedules: the one noise language every prior speaks, ``x_t = alpha_t x0 + sigma_t eps``, kept in float64.
 
-Forward process (DDPM, Ho et al. 2020, eq. 4): ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` with
-``abar_t = prod_{s <= t} (1 - beta_s)`` and integer ``t`` in ``0 .. T-1`` (guided-diffusion's convention).
+A schedule gives the pair ``(alpha_t, sigma_t)`` over its own time variable ``t`` (the k-diffusion / azula view):
+
+* :class:`VPSchedule` -- discrete variance preserving (DDPM; Ho et al. 2020, eq. 4): ``alpha_t = sqrt(abar_t)``,
+  ``sigma_t = sqrt(1 - abar_t)``, ``abar_t = prod_{s <= t} (1 - beta_s)``, integer ``t`` in ``0 .. T-1``
+  (guided-diffusion's and diffusers' convention); betas ``linear``, ``scaled_linear`` or ``cosine``
+  (diffusers' ``squaredcos_cap_v2``), any ``T``;
+* :class:`VPContinuousSchedule` -- the VP SDE (Song et al. 2021): ``alpha(t) = exp(-t^2 (b1 - b0) / 4 - t b0 / 2)``;
+* :class:`EDMSchedule` -- variance exploding, EDM's (Karras et al. 2022): ``alpha = 1``, ``sigma = t``;
+* :class:`FlowSchedule` -- rectified flow: ``alpha = 1 - t``, ``sigma = t``;
+* :class:`TabulatedSchedule` -- any discrete table of pairs.
+
+Solvers work with the *VP-equivalent* noise level ``abar = alpha^2 / (alpha^2 + sigma^2)``
+(:meth:`NoiseSchedule.abar_of`) and variable ``x / sqrt(alpha^2 + sigma^2)``, which the prior maps to its own
+(:meth:`reddiff.DiffusionPrior.eps`). The same maths then serves every family: the signal-to-noise ratio
+``alpha^2 / sigma^2``, all a denoiser depends on, is exact, and a VP schedule's numbers are its own. RED-diff's weight
+``lambda f(sigma_t / alpha_t)`` is the same in both variables.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from .errors import ReddiffError
 
-BETA_SCHEDULES = ("linear", "cosine")
+__all__ = ["NoiseSchedule", "VPSchedule", "VPContinuousSchedule", "EDMSchedule", "FlowSchedule", "TabulatedSchedule",
+           "BETA_SCHEDULES", "TIMESTEP_ORDERS", "TIMESTEP_SPACINGS", "linear_betas", "cosine_betas",
+           "schedule_from_dict"]
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 TIMESTEP_ORDERS = ("descending", "ascending", "random")
+#: how a discrete schedule's steps are spread over ``0 .. t_max`` (diffusers' names; ``linspace`` includes both ends).
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -45,79 +66,315 @@ def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 
     return torch.tensor(betas, dtype=torch.float64)
 
 
-@dataclass(frozen=True)
-class VPSchedule:
-    """A discrete VP schedule.
+def _order(ts: torch.Tensor, order: str, generator: torch.Generator | None) -> torch.Tensor:
+    """``ts`` (ascending) in the asked order."""
+    if order not in TIMESTEP_ORDERS:
+        raise ReddiffError(f"unknown timestep order {order!r}; accepted: {', '.join(TIMESTEP_ORDERS)}")
+    if order == "descending":
+        return ts.flip(0)
+    if order == "ascending":
+        return ts
+    return ts[torch.randperm(ts.numel(), generator=generator)]
 
-    Attributes:
-        kind: ``"linear"`` or ``"cosine"``.
-        num_timesteps: T (1000 for the public checkpoints).
-        betas: float64 [T].
-        abar: float64 [T], ``abar_t = prod_{s<=t}(1 - beta_s)``.
+
+class NoiseSchedule:
+    """The pairs ``(alpha_t, sigma_t)`` over a time variable ``t`` (see the module docstring).
+
+    Subclasses implement :meth:`alpha_sigma` and :meth:`timesteps`; ``family`` names the kind (``vp``, ``ve``,
+    ``flow``, ...) for run records.
     """
 
-    kind: str = "linear"
-    num_timesteps: int = 1000
-    betas: torch.Tensor = field(init=False, repr=False, compare=False)
-    abar: torch.Tensor = field(init=False, repr=False, compare=False)
+    family: ClassVar[str] = ""
+    #: whether ``t`` is an integer index into a table.
+    discrete: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
-        if self.kind not in BETA_SCHEDULES:
-            raise ReddiffError(f"unknown beta schedule {self.kind!r}; accepted: {', '.join(BETA_SCHEDULES)}")
-        if int(self.num_timesteps) < 1:
-            raise ReddiffError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
-        betas = linear_betas(self.num_timesteps) if self.kind == "linear" else cosine_betas(self.num_timesteps)
-        object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "abar", torch.cumprod(1.0 - betas, dim=0))
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha_t, sigma_t)`` as float64 tensors shaped like ``t``."""
+        raise NotImplementedError
 
-    @property
-    def sigmas(self) -> torch.Tensor:
-        """``sqrt(1 - abar_t) / sqrt(abar_t)``: the noise-to-signal ratio (inverse square-root SNR), float64 [T]."""
-        return ((1 - self.abar) / self.abar).sqrt()
+    def abar_of(self, t: int | float) -> float:
+        """The VP-equivalent ``abar = alpha^2 / (alpha^2 + sigma^2)`` at one time (what the solvers' maths uses)."""
+        a, s = self.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+        return float(a * a / (a * a + s * s))
 
-    def timesteps(
-        self,
-        num_steps: int,
-        order: str = "descending",
-        generator: torch.Generator | None = None,
-        t_max: int | None = None,
-        allow_repeats: bool = False,
-    ) -> torch.Tensor:
+    def scale_of(self, t: int | float) -> float:
+        """``sqrt(alpha^2 + sigma^2)``: a VP-equivalent variable times this is the schedule's own (1 for VP)."""
+        a, s = self.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+        return float((a * a + s * s).sqrt())
+
+    def timesteps(self, num_steps: int, order: str = "descending", generator: torch.Generator | None = None,
+                  t_max: float | None = None, allow_repeats: bool = False,
+                  spacing: str = "linspace") -> torch.Tensor:
+        """The ``num_steps`` times a solver visits, from the noisiest (``t_max``, default the schedule's top) to the
+        least noisy, then put in ``order``."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description (for run records and exported configs); :func:`schedule_from_dict` reads it."""
+        raise NotImplementedError
+
+
+# -- discrete schedules --------------------------------------------------------------------------------------------
+class _Discrete(NoiseSchedule):
+    """A table of ``T`` pairs at integer times ``0 .. T-1``; ``abar`` holds the VP-equivalent levels."""
+
+    discrete = True
+    num_timesteps: int
+    abar: torch.Tensor
+
+    def abar_of(self, t: int | float) -> float:
+        return float(self.abar[int(t)])
+
+    def timesteps(self, num_steps: int, order: str = "descending", generator: torch.Generator | None = None,
+                  t_max: float | None = None, allow_repeats: bool = False,
+                  spacing: str = "linspace") -> torch.Tensor:
         """The ``num_steps`` integer timesteps visited by a sampler (respacing).
 
-        Evenly spaced over ``0 .. T-1`` including both ends (``num_steps = T`` gives every timestep;
-        ``num_steps = 1`` gives ``T - 1``), then ordered.
+        ``linspace`` (default): evenly spaced over ``0 .. t_max`` including both ends (``num_steps = T`` gives every
+        timestep; ``num_steps = 1`` gives ``t_max``). ``leading``: ``0, k, 2k, ...`` with ``k = (t_max + 1) //
+        num_steps`` (diffusers' default: never visits ``T - 1``). ``trailing``: ``round(t_max + 1 - i k) - 1``,
+        ending at ``t_max``.
 
         Args:
-            num_steps: how many timesteps, 1 .. T.
+            num_steps: how many timesteps, 1 .. t_max + 1.
             order: ``descending`` (T-1 ... 0, the default and the paper's best), ``ascending``, or ``random``
                 (a permutation drawn from ``generator``).
             generator: randomness for ``order="random"``.
             t_max: the largest timestep (default ``T - 1``): the steps are spread over ``0 .. t_max``.
             allow_repeats: allow more steps than timesteps in ``0 .. t_max`` (some are then visited twice in a row;
                 fine for RED-diff's stochastic optimisation, not for samplers).
+            spacing: ``linspace``, ``leading`` or ``trailing``.
 
         Returns:
             int64 tensor [num_steps].
         """
         if order not in TIMESTEP_ORDERS:
             raise ReddiffError(f"unknown timestep order {order!r}; accepted: {', '.join(TIMESTEP_ORDERS)}")
+        if spacing not in TIMESTEP_SPACINGS:
+            raise ReddiffError(f"unknown timestep spacing {spacing!r}; accepted: {', '.join(TIMESTEP_SPACINGS)}")
         top = self.num_timesteps - 1 if t_max is None else int(t_max)
         if not 0 <= top < self.num_timesteps:
             raise ReddiffError(f"t_max must be between 0 and {self.num_timesteps - 1}, got {t_max}")
         if int(num_steps) < 1 or (int(num_steps) > top + 1 and not allow_repeats):
             raise ReddiffError(f"steps must be between 1 and {top + 1}, got {num_steps}")
-        if num_steps == 1:
+        if spacing == "leading":
+            k = max((top + 1) // num_steps, 1)
+            ts = (torch.arange(num_steps, dtype=torch.int64) * k).clamp(max=top)
+        elif spacing == "trailing":
+            k = (top + 1) / num_steps
+            ts = (torch.round(torch.arange(top + 1, 0, -k, dtype=torch.float64)[:num_steps]).long() - 1).flip(0)
+        elif num_steps == 1:
             ts = torch.tensor([top], dtype=torch.int64)
         else:
             ts = torch.linspace(0, top, num_steps, dtype=torch.float64).round().long()
-        if order == "descending":
-            return ts.flip(0)
-        if order == "ascending":
-            return ts
-        perm = torch.randperm(num_steps, generator=generator)
-        return ts[perm]
+        return _order(ts, order, generator)
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable description (for run records and exported configs)."""
-        return {"kind": self.kind, "num_timesteps": self.num_timesteps}
+
+@dataclass(frozen=True)
+class VPSchedule(_Discrete):
+    """A discrete VP schedule.
+
+    Attributes:
+        kind: ``linear`` (guided-diffusion's scaling ``1000 / T`` unless ``beta_start``/``beta_end`` are given, as
+            diffusers' configs do), ``scaled_linear`` (``linspace(sqrt(b0), sqrt(b1))^2``, Stable Diffusion's), or
+            ``cosine`` (improved DDPM, diffusers' ``squaredcos_cap_v2``).
+        num_timesteps: T (1000 for the public checkpoints).
+        beta_start: beta_0 (None: 1e-4 scaled by 1000 / T).
+        beta_end: beta_{T-1} (None: 0.02 scaled by 1000 / T).
+        betas: float64 [T].
+        abar: float64 [T], ``abar_t = prod_{s<=t}(1 - beta_s)``.
+    """
+
+    kind: str = "linear"
+    num_timesteps: int = 1000
+    beta_start: float | None = None
+    beta_end: float | None = None
+    betas: torch.Tensor = field(init=False, repr=False, compare=False)
+    abar: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    family = "vp"
+
+    def __post_init__(self) -> None:
+        if self.kind not in BETA_SCHEDULES:
+            raise ReddiffError(f"unknown beta schedule {self.kind!r}; accepted: {', '.join(BETA_SCHEDULES)}")
+        if int(self.num_timesteps) < 1:
+            raise ReddiffError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+        n = int(self.num_timesteps)
+        if self.kind == "cosine":
+            betas = cosine_betas(n)
+        elif self.beta_start is None and self.beta_end is None and self.kind == "linear":
+            betas = linear_betas(n)
+        else:
+            b0 = 1e-4 if self.beta_start is None else float(self.beta_start)
+            b1 = 0.02 if self.beta_end is None else float(self.beta_end)
+            if not 0 < b0 <= b1 < 1:
+                raise ReddiffError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {b0}, {b1}")
+            if self.kind == "linear":
+                betas = torch.linspace(b0, b1, n, dtype=torch.float64)
+            else:
+                betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "abar", torch.cumprod(1.0 - betas, dim=0))
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = self.abar[torch.as_tensor(t).long()]
+        return abar.sqrt(), (1.0 - abar).sqrt()
+
+    def scale_of(self, t: int | float) -> float:
+        return 1.0
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """``sqrt(1 - abar_t) / sqrt(abar_t)``: the noise-to-signal ratio (inverse square-root SNR), float64 [T]."""
+        return ((1 - self.abar) / self.abar).sqrt()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"family": "vp", "kind": self.kind, "num_timesteps": self.num_timesteps}
+        if self.beta_start is not None or self.beta_end is not None:
+            out.update(beta_start=self.beta_start, beta_end=self.beta_end)
+        return out
+
+
+class TabulatedSchedule(_Discrete):
+    """Any discrete table of pairs ``(alpha_i, sigma_i)``, ``i = 0 .. T-1``, noise growing with ``i``.
+
+    Args:
+        alpha: float64 [T].
+        sigma: float64 [T], with ``sigma_i / alpha_i`` increasing.
+        family: the family name for run records (``ve``, ``flow``, ...).
+    """
+
+    def __init__(self, alpha: Any, sigma: Any, family: str = "tabulated") -> None:
+        a = torch.as_tensor(alpha, dtype=torch.float64).flatten()
+        s = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        if a.numel() != s.numel() or a.numel() < 1 or not bool(((a >= 0) & (s > 0)).all()):
+            raise ReddiffError("a tabulated schedule needs equally long alpha >= 0 and sigma > 0")
+        ratio = s / a.clamp_min(1e-300)
+        if a.numel() > 1 and not bool((ratio[1:] > ratio[:-1]).all()):
+            raise ReddiffError("a tabulated schedule's noise-to-signal ratio sigma/alpha must increase with t")
+        self.alpha, self.sigma = a, s
+        self.num_timesteps = a.numel()
+        self.abar = a * a / (a * a + s * s)
+        self.family = family  # type: ignore[misc]
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.as_tensor(t).long()
+        return self.alpha[i], self.sigma[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "kind": "tabulated", "alpha": self.alpha.tolist(), "sigma": self.sigma.tolist()}
+
+
+# -- continuous schedules ------------------------------------------------------------------------------------------
+class _Continuous(NoiseSchedule):
+    """A schedule over real ``t`` in ``[t_min, t_max]``; steps are spread by :meth:`grid`."""
+
+    t_min: float
+    t_max: float
+
+    def grid(self, num_steps: int, top: float) -> torch.Tensor:
+        """``num_steps`` ascending times from ``t_min`` to ``top`` (uniform in ``t``; EDM overrides)."""
+        if num_steps == 1:
+            return torch.tensor([top], dtype=torch.float64)
+        return torch.linspace(self.t_min, top, num_steps, dtype=torch.float64)
+
+    def timesteps(self, num_steps: int, order: str = "descending", generator: torch.Generator | None = None,
+                  t_max: float | None = None, allow_repeats: bool = False,
+                  spacing: str = "linspace") -> torch.Tensor:
+        """``num_steps`` float64 times from ``t_max`` (default the schedule's) down to ``t_min``, in ``order``."""
+        top = self.t_max if t_max is None else float(t_max)
+        if not self.t_min <= top <= self.t_max:
+            raise ReddiffError(f"t_max must be between {self.t_min:g} and {self.t_max:g}, got {t_max}")
+        if int(num_steps) < 1:
+            raise ReddiffError(f"steps must be >= 1, got {num_steps}")
+        return _order(self.grid(int(num_steps), top), order, generator)
+
+
+@dataclass(frozen=True)
+class VPContinuousSchedule(_Continuous):
+    """The VP SDE's schedule: ``alpha(t) = exp(-t^2 (beta_max - beta_min) / 4 - t beta_min / 2)``,
+    ``sigma = sqrt(1 - alpha^2)``, ``t`` in ``[t_min, t_max]``."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    t_max: float = 1.0
+
+    family = "vp-continuous"
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        log_alpha = -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        alpha = log_alpha.exp()
+        return alpha, (-torch.expm1(2 * log_alpha)).sqrt()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min,
+                "t_max": self.t_max}
+
+
+@dataclass(frozen=True)
+class EDMSchedule(_Continuous):
+    """Variance exploding, EDM's parameterisation: ``alpha = 1``, ``sigma = t`` in ``[sigma_min, sigma_max]``;
+    steps spread by EDM's ``rho`` rule (Karras et al. 2022, eq. 5)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    family = "ve"
+
+    @property
+    def t_min(self) -> float:  # type: ignore[override]
+        return self.sigma_min
+
+    @property
+    def t_max(self) -> float:  # type: ignore[override]
+        return self.sigma_max
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.ones_like(t), t
+
+    def grid(self, num_steps: int, top: float) -> torch.Tensor:
+        if num_steps == 1:
+            return torch.tensor([top], dtype=torch.float64)
+        u = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+        lo, hi = self.sigma_min ** (1 / self.rho), top ** (1 / self.rho)
+        return (lo + u * (hi - lo)) ** self.rho
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho}
+
+
+@dataclass(frozen=True)
+class FlowSchedule(_Continuous):
+    """Rectified flow: ``x_t = (1 - t) x0 + t eps``, ``t`` in ``[t_min, t_max]`` (``t_max < 1``: at ``t = 1`` there is
+    no signal left, and ``sigma / alpha`` is infinite)."""
+
+    t_min: float = 1e-3
+    t_max: float = 0.999
+
+    family = "flow"
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return 1.0 - t, t
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "t_min": self.t_min, "t_max": self.t_max}
+
+
+def schedule_from_dict(data: dict[str, Any]) -> NoiseSchedule:
+    """The schedule a :meth:`NoiseSchedule.to_dict` describes."""
+    d = dict(data)
+    family = d.pop("family", "vp")
+    if d.get("kind") == "tabulated":
+        return TabulatedSchedule(d["alpha"], d["sigma"], family)
+    classes = {"vp": VPSchedule, "vp-continuous": VPContinuousSchedule, "ve": EDMSchedule, "flow": FlowSchedule}
+    if family not in classes:
+        raise ReddiffError(f"unknown schedule family {family!r}; accepted: {', '.join(classes)}")
+    try:
+        return classes[family](**d)
+    except TypeError as exc:
+        raise ReddiffError(f"bad {family} schedule settings {d}: {exc}") from None

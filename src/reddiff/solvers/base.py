@@ -83,14 +83,14 @@ class StepInfo:
     Attributes:
         step: 0-based step index.
         num_steps: total number of steps.
-        t: the integer diffusion timestep of this step.
+        t: the diffusion timestep of this step (an integer for discrete schedules).
         x: the current estimate (detached; RED-diff's ``mu``, a sampler's ``x0`` prediction).
         losses: scalar loss terms by name (e.g. ``{"loss": ..., "reg": ..., "obs": ...}``).
     """
 
     step: int
     num_steps: int
-    t: int
+    t: int | float
     x: torch.Tensor
     losses: dict[str, float] = field(default_factory=dict)
 
@@ -305,8 +305,10 @@ class SampleContext:
 class Sampler(Solver):
     """A reverse-diffusion sampler: its fields plus :meth:`step` (and optionally :meth:`prepare`).
 
-    The loop visits ``prior.schedule.timesteps(steps)`` in descending order (evenly spaced over 0..T-1, ending at
-    0) from ``x_T ~ N(0, I)``; the last step goes from ``t = 0`` to ``abar_prev = 1``, i.e. to the clean estimate.
+    The loop visits ``prior.schedule.timesteps(steps)`` in descending order (for a discrete schedule spread over
+    0..T-1 by the sampler's ``timestep_spacing``, ending at 0) from ``x_T ~ N(0, I)`` in the VP-equivalent variable
+    (see :mod:`reddiff.schedule`), with ``abar_t = schedule.abar_of(t)``; the last step goes to ``abar_prev = 1``,
+    i.e. to the clean estimate.
     Subclasses declare a ``steps`` field and may use :meth:`ddim_update` for the DDIM/DDPM update with their
     ``eta``.
     """
@@ -345,15 +347,16 @@ class Sampler(Solver):
         ctx = SampleContext(prior, problem, gens)
         ctx.state = self.prepare(ctx)
         steps = int(self.steps)  # type: ignore[attr-defined]
-        timesteps = prior.schedule.timesteps(steps, "descending").tolist()
-        abar = prior.schedule.abar  # float64
+        schedule = prior.schedule
+        spacing = getattr(self, "timestep_spacing", "linspace")
+        timesteps = schedule.timesteps(steps, "descending", spacing=spacing).tolist()
         for i, t in enumerate(timesteps):
-            a_t = float(abar[t])
-            a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-            with step_context(self.label, i, steps, int(t)):
-                x, x0_hat, losses = self.step(ctx, x, int(t), a_t, a_prev)
+            a_t = schedule.abar_of(t)
+            a_prev = schedule.abar_of(timesteps[i + 1]) if i + 1 < len(timesteps) else 1.0
+            with step_context(self.label, i, steps, t):
+                x, x0_hat, losses = self.step(ctx, x, t, a_t, a_prev)
             x = x.detach()
-            check_finite(self.label, i, int(t), x, "sample", self.hint)
+            check_finite(self.label, i, t, x, "sample", self.hint)
             if callback is not None:
-                callback(StepInfo(step=i, num_steps=len(timesteps), t=int(t), x=x0_hat.detach(), losses=losses))
+                callback(StepInfo(step=i, num_steps=len(timesteps), t=t, x=x0_hat.detach(), losses=losses))
         return x

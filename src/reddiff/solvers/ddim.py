@@ -14,11 +14,12 @@ The generalised (non-Markovian) reverse step of DDIM, eq. 12 of the paper, in th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..params import Range, hyper
+from ..schedule import TIMESTEP_SPACINGS
 from .base import Callback, GeneratorLike, SampleContext, Sampler, ddim_sigma, ddim_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,6 +30,12 @@ __all__ = ["DDIM", "ddim_sigma", "ddim_step"]
 STEPS = Range(low=1, integer=True)
 UNIT = Range(low=0.0, high=1.0)
 ETA_HELP = "η of the DDIM update (eq. 16): 0 deterministic DDIM, 1 ancestral DDPM"
+
+
+def spacing_field() -> Any:
+    """The ``timestep_spacing`` field every sampler declares (one definition)."""
+    return hyper("linspace", "how a discrete schedule's steps are spread: linspace (evenly, both ends), leading "
+                 "(0, k, 2k, ...: diffusers' default), trailing (ending at T-1)", choices=TIMESTEP_SPACINGS)
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,12 @@ class DDIM(Sampler):
 
     steps: int = hyper(100, "number of reverse steps", range=STEPS)
     eta: float = hyper(0.0, ETA_HELP, range=UNIT)
+    timestep_spacing: str = spacing_field()
 
     name = "ddim"
     label = "DDIM"
 
-    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float, a_prev: float):
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int | float, a_t: float, a_prev: float):
         with torch.no_grad():
             eps, x0 = ctx.prior.predict(x, t)
         return self.ddim_update(ctx, x0, eps, a_t, a_prev), x0, {}

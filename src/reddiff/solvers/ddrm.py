@@ -25,7 +25,7 @@ import torch
 from ..operators.base import SVDOperator
 from ..params import hyper
 from .base import SampleContext, Sampler, randn_like_per_sample
-from .ddim import STEPS, UNIT
+from .ddim import STEPS, UNIT, spacing_field
 
 __all__ = ["DDRM"]
 
@@ -38,6 +38,7 @@ class DDRM(Sampler):
     eta: float = hyper(0.85, "η, the stochasticity of the missing and noisy spectral coordinates", range=UNIT)
     eta_b: float = hyper(1.0, "η_b, how strongly the less-noisy coordinates are pulled to the measurement", range=UNIT)
     rtol: float = hyper(1e-10, "singular values at or below rtol * max(s) are treated as zero (missing)", range=UNIT)
+    timestep_spacing: str = spacing_field()
 
     name = "ddrm"
     label = "DDRM"
@@ -58,7 +59,7 @@ class DDRM(Sampler):
         noise_level = torch.where(observed, sigma_y / s_safe, torch.full_like(s, math.inf))  # sigma_y / s_i
         return {"observed": observed, "ybar": ybar, "noise_level": noise_level}
 
-    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float, a_prev: float):
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int | float, a_t: float, a_prev: float):
         op = ctx.problem.operator
         observed, ybar, noise_level = ctx.state["observed"], ctx.state["ybar"], ctx.state["noise_level"]
         eta, eta_b = float(self.eta), float(self.eta_b)

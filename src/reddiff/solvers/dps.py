@@ -20,7 +20,7 @@ import torch
 
 from ..params import Range, hyper
 from .base import SampleContext, Sampler
-from .ddim import ETA_HELP, STEPS, UNIT
+from .ddim import ETA_HELP, STEPS, UNIT, spacing_field
 
 __all__ = ["DPS"]
 
@@ -38,6 +38,7 @@ class DPS(Sampler):
     zeta: float = hyper(1.0, "step size ζ: the update subtracts zeta * grad_{x_t} ||y - A(x0_hat)||",
                         range=Range(low=0.0))
     eta: float = hyper(1.0, ETA_HELP, range=UNIT)
+    timestep_spacing: str = spacing_field()
 
     name = "dps"
     label = "DPS"
@@ -46,7 +47,7 @@ class DPS(Sampler):
     def hint(self) -> str:  # type: ignore[override]
         return f"try a smaller zeta (now {self.zeta})"
 
-    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float, a_prev: float):
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int | float, a_t: float, a_prev: float):
         problem = ctx.problem
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)

@@ -37,7 +37,7 @@ import torch
 from ..operators.base import LinearOperator, SVDOperator, conjugate_gradient
 from ..params import Range, hyper
 from .base import SampleContext, Sampler
-from .ddim import ETA_HELP, STEPS, UNIT
+from .ddim import ETA_HELP, STEPS, UNIT, spacing_field
 
 __all__ = ["PiGDM", "pigdm_guidance_vector"]
 
@@ -82,6 +82,7 @@ class PiGDM(Sampler):
 
     steps: int = hyper(100, "number of reverse steps", range=STEPS)
     eta: float = hyper(1.0, ETA_HELP, range=UNIT)
+    timestep_spacing: str = spacing_field()
     guidance_scale: float = hyper(1.0, "multiplies the guidance g; 1 is the exact ΠGDM likelihood score")
     clip_x0: bool = hyper(True, "clip x0_hat to the prior's data range ([-1, 1] for images) before the guidance and "
                           "the step; keeps small priors from diverging at high noise")
@@ -97,7 +98,7 @@ class PiGDM(Sampler):
     def prepare(self, ctx: SampleContext) -> Any:
         return ctx.prior.data_range if self.clip_x0 else None
 
-    def step(self, ctx: SampleContext, x: torch.Tensor, t: int, a_t: float, a_prev: float):
+    def step(self, ctx: SampleContext, x: torch.Tensor, t: int | float, a_t: float, a_prev: float):
         problem, bounds = ctx.problem, ctx.state
         r2 = 1.0 - a_t
         with torch.enable_grad():

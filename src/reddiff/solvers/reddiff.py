@@ -34,6 +34,7 @@ from .base import (
     randn_like_per_sample,
     step_context,
 )
+from .ddim import spacing_field
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prior import DiffusionPrior
@@ -126,8 +127,9 @@ class RedDiff(Solver):
     order: str = hyper("descending", "timestep order (descending is the paper's best)", choices=TIMESTEP_ORDERS)
     order_seed: int = hyper(0, "seed of the permutation when order is random (the same order for every sample)",
                             range=Range(low=0, integer=True))
-    t_max: int | None = hyper(None, "the largest timestep visited (none: T-1, the paper's); a smaller value skips "
-                              "the noisiest timesteps", range=Range(low=0, integer=True))
+    t_max: float | None = hyper(None, "the largest timestep visited, in the schedule's time (none: the top, T-1 for "
+                                "the paper's); a smaller value skips the noisiest timesteps", range=Range(low=0))
+    timestep_spacing: str = spacing_field()
     lr_schedule: str = hyper("constant", "decay of lr over the steps (constant is the paper's)",
                              choices=tuple(LR_SCHEDULES))
     optimizer: str = hyper("adam", "torch.optim optimizer", choices=OPTIMIZERS)
@@ -195,15 +197,15 @@ class RedDiff(Solver):
             raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
         op, y = problem.operator, problem.y
         gens = per_sample_generators(generator, problem.batch_size, y.device)
-        timesteps = prior.schedule.timesteps(
+        schedule = prior.schedule
+        timesteps = schedule.timesteps(
             self.steps, self.order, torch.Generator().manual_seed(self.order_seed), t_max=self.t_max,
-            allow_repeats=self.t_max is not None,
+            allow_repeats=self.t_max is not None, spacing=self.timestep_spacing,
         )
-        abar = prior.schedule.abar  # float64 on the CPU: exact weights
 
-        with torch.no_grad(), step_context(self.label, -1, self.steps, int(timesteps[0])):
+        with torch.no_grad(), step_context(self.label, -1, self.steps, timesteps[0].item()):
             mu0 = self.initial_estimate(problem, gens).detach().clone()
-        check_finite(self.label, 0, int(timesteps[0]), mu0, "initial estimate", "check the measurement")
+        check_finite(self.label, 0, timesteps[0].item(), mu0, "initial estimate", "check the measurement")
         mu = torch.nn.Parameter(mu0)
         opt_cls = resolve_optimizer(self.optimizer)
         kwargs = dict(self.optimizer_kwargs)
@@ -222,7 +224,7 @@ class RedDiff(Solver):
                     x0 = mu + self.sigma_x0 * randn_like_per_sample(mu, gens)
                 # 2. diffuse: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, fresh eps per sample
                 eps = randn_like_per_sample(mu, gens)
-                a_t = float(abar[t])
+                a_t = schedule.abar_of(t)  # VP-equivalent, float64: exact weights
                 with torch.no_grad():
                     x_t = math.sqrt(a_t) * x0.detach() + math.sqrt(1.0 - a_t) * eps
                     # 3. denoise, no gradient through the network (stop-gradient)
@@ -250,7 +252,7 @@ class RedDiff(Solver):
                     StepInfo(
                         step=i,
                         num_steps=self.steps,
-                        t=int(t),
+                        t=t,
                         x=mu.detach(),
                         losses={
                             "loss": float(loss.detach()),
@@ -261,5 +263,5 @@ class RedDiff(Solver):
                     )
                 )
         out = mu.detach()
-        check_finite(self.label, self.steps - 1, int(timesteps[-1]), out, "estimate", hint)
+        check_finite(self.label, self.steps - 1, timesteps[-1].item(), out, "estimate", hint)
         return out.clamp(*prior.data_range) if self.clip_x0 and prior.data_range is not None else out
