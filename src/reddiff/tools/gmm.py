@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ReddiffError
+from ..prediction import canonical_prediction, from_eps_x0
 from ..prior import DiffusionPrior
-from ..schedule import VPSchedule
+from ..schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["GaussianMixture", "GaussianMixturePrior", "GaussianMixtureDenoiser", "sliced_wasserstein",
            "dense_matrix"]
@@ -157,28 +158,39 @@ class GaussianMixture:
 
 
 class GaussianMixtureDenoiser(nn.Module):
-    """The exact noise predictor ``eps(x_t, t) = -sqrt(1 - abar_t) grad log p_t(x_t)`` of a noised mixture.
+    """The exact denoiser of a noised mixture, answering as a network of any prediction type would.
 
-    Computed in float64 (whatever the input dtype; the output is cast back): per component the log density and score
-    of ``N(sqrt(abar_t) m_k, C_k)``, ``C_k = abar_t S_k + (1 - abar_t) I`` (Cholesky solves, or scalars when every
-    ``S_k`` is a multiple of ``I``), combined with log-sum-exp responsibilities. Differentiable in ``x_t`` (DPS and
-    ΠGDM backpropagate through it). Inputs ``[B, ...]`` are flattened to ``[B, d]``.
+    In the VP-equivalent variable ``x = sqrt(abar) x0 + sqrt(1 - abar) eps`` the exact noise prediction is
+    ``E[eps | x] = -sqrt(1 - abar) grad log p(x)``, with ``p`` the mixture noised to ``abar``. It is computed in float64
+    (whatever the input dtype; the output is cast back): per component the log density and score of
+    ``N(sqrt(abar) m_k, C_k)``, ``C_k = abar S_k + (1 - abar) I`` (Cholesky solves, or scalars when every ``S_k`` is a
+    multiple of ``I``), combined with log-sum-exp responsibilities. Differentiable in the input (DPS and ΠGDM
+    backpropagate through it). Inputs ``[B, ...]`` are flattened to ``[B, d]``.
+
+    Called as a network ``forward(x, time)`` for a schedule and a prediction type (see :mod:`reddiff.prediction`): the
+    input is the schedule's own variable at its time (for ``edm`` the variance-exploding variable at ``sigma /
+    alpha``), and the output is that type's exact prediction.
 
     Args:
         means: ``[K, d]``.
         covariances: ``[K, d, d]``.
         weights: ``[K]`` (normalised).
-        abar: the schedule's ``abar`` [T].
+        schedule: the noise schedule.
+        prediction: what to output.
     """
 
-    def __init__(self, means: Tensor, covariances: Tensor, weights: Tensor, abar: Tensor) -> None:
+    def __init__(self, means: Tensor, covariances: Tensor, weights: Tensor, schedule: NoiseSchedule,
+                 prediction: str = "epsilon") -> None:
         super().__init__()
         means, covariances, weights = _as64(means), _as64(covariances), _as64(weights)
         _check_mixture(means, covariances, weights)
         self.register_buffer("means", means)
         self.register_buffer("covariances", 0.5 * (covariances + covariances.transpose(-1, -2)))
         self.register_buffer("log_weights", (weights / weights.sum()).clamp(min=1e-300).log())
-        self.register_buffer("abar_table", _as64(abar))
+        self.schedule = schedule
+        self.prediction = canonical_prediction(prediction)
+        #: today's exact path: a VP table and ε output.
+        self._vp_eps = isinstance(schedule, VPSchedule) and self.prediction == "epsilon"
         iso = _isotropic_scales(self.covariances)
         self.isotropic = iso is not None
         self.register_buffer("iso_scales", iso if iso is not None else torch.zeros(means.shape[0], dtype=torch.float64))
@@ -203,26 +215,39 @@ class GaussianMixtureDenoiser(nn.Module):
         comp_scores = -torch.linalg.solve_triangular(chol.transpose(-1, -2), w, upper=True)  # [K, d, B]
         return torch.einsum("bk,kdb->bd", gamma, comp_scores)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """``E[eps | x_t]`` for ``x_t`` ``[B, ...]`` and integer ``t`` ``[B]``; same shape and dtype as ``x_t``."""
-        shape, dtype = x_t.shape, x_t.dtype
-        x = x_t.reshape(shape[0], -1).to(torch.float64)
+    def _eps(self, x: Tensor, abar: Tensor) -> Tensor:
+        """``E[eps | x]`` for VP-equivalent float64 ``x`` ``[B, d]`` at per-sample levels ``abar`` ``[B]``."""
+        out = torch.zeros_like(x)
+        for level in torch.unique(abar).tolist():
+            idx = (abar == level).nonzero().flatten()
+            out = out.index_copy(0, idx, -math.sqrt(1.0 - level) * self.score(x[idx], level))
+        return out
+
+    def forward(self, x_in: Tensor, time: Tensor) -> Tensor:
+        """The exact prediction for ``x_in`` ``[B, ...]`` at ``time`` ``[B]``; same shape and dtype as ``x_in``."""
+        shape, dtype = x_in.shape, x_in.dtype
+        x = x_in.reshape(shape[0], -1).to(torch.float64)
         if x.shape[1] != self.means.shape[1]:
             raise ReddiffError(
                 f"the mixture prior is {self.means.shape[1]}-dimensional, got inputs of size {x.shape[1]}"
             )
-        t = torch.as_tensor(t, device=x.device).long().reshape(-1).expand(shape[0])
-        levels = torch.unique(t)
-        if levels.numel() == 1:
-            a = float(self.abar_table[int(levels[0])])
-            out = -math.sqrt(1.0 - a) * self.score(x, a)
+        time = torch.as_tensor(time, device=x.device).reshape(-1).expand(shape[0])
+        if self._vp_eps:
+            abar = self.schedule.abar.to(x.device)[time.long()]
+            return self._eps(x, abar).reshape(shape).to(dtype)
+        if self.prediction == "edm":  # the variance-exploding variable at noise level sigma / alpha
+            alpha, sigma = torch.ones_like(time, dtype=torch.float64), time.to(torch.float64)
         else:
-            out = torch.zeros_like(x)
-            for level in levels.tolist():
-                idx = (t == level).nonzero().flatten()
-                a = float(self.abar_table[level])
-                out = out.index_copy(0, idx, -math.sqrt(1.0 - a) * self.score(x[idx], a))
-        return out.reshape(shape).to(dtype)
+            alpha, sigma = self.schedule.alpha_sigma(time.cpu())
+            alpha, sigma = alpha.to(x.device), sigma.to(x.device)
+        alpha, sigma = alpha[:, None], sigma[:, None]
+        norm2 = alpha * alpha + sigma * sigma
+        abar = (alpha * alpha / norm2)[:, 0]
+        x_vp = x / norm2.sqrt()
+        eps = self._eps(x_vp, abar)
+        ab = abar[:, None]
+        x0 = (x_vp - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+        return from_eps_x0(self.prediction, eps, x0, alpha, sigma).reshape(shape).to(dtype)
 
 
 def dense_matrix(operator: Any, dim: int | None = None) -> Tensor:
@@ -252,15 +277,18 @@ class GaussianMixturePrior(DiffusionPrior):
         means: ``[K, d]``.
         covariances: ``[K, d, d]`` symmetric positive definite.
         weights: ``[K]`` non-negative (normalised).
-        schedule: the VP schedule (default: linear betas, T = 1000).
+        schedule: the noise schedule, any family (default: VP, linear betas, T = 1000).
+        prediction: the prediction type its network answers in (default ``epsilon``); every type gives the same
+            exact ``(eps, x0)``, which is what the parameterisation-invariance tests check.
     """
 
-    def __init__(self, means: Tensor, covariances: Tensor, weights: Tensor, schedule: VPSchedule | None = None) -> None:
+    def __init__(self, means: Tensor, covariances: Tensor, weights: Tensor, schedule: NoiseSchedule | None = None,
+                 prediction: str = "epsilon") -> None:
         schedule = schedule if schedule is not None else VPSchedule()
         mixture = GaussianMixture(means, covariances, weights)
-        network = GaussianMixtureDenoiser(mixture.means, mixture.covariances, mixture.weights, schedule.abar)
+        network = GaussianMixtureDenoiser(mixture.means, mixture.covariances, mixture.weights, schedule, prediction)
         super().__init__(network, schedule, info={"name": "gaussian-mixture", "components": mixture.num_components,
-                                                  "dim": mixture.dim}, data_range=None)
+                                                  "dim": mixture.dim}, data_range=None, prediction=prediction)
         self.mixture = mixture
 
     @property
@@ -286,9 +314,9 @@ class GaussianMixturePrior(DiffusionPrior):
         """``log p0(x)``, float64 ``[N]``."""
         return self.mixture.log_prob(x)
 
-    def noised(self, t: int) -> GaussianMixture:
-        """The exact marginal ``p_t`` at integer timestep ``t``."""
-        return self.mixture.noised(float(self.schedule.abar[int(t)]))
+    def noised(self, t: int | float) -> GaussianMixture:
+        """The exact marginal at timestep ``t``, in the VP-equivalent variable (see :mod:`reddiff.schedule`)."""
+        return self.mixture.noised(self.schedule.abar_of(t))
 
     def posterior(self, operator: Any, y: Tensor, sigma_y: float, jitter: float = 1e-10) -> GaussianMixture:
         """The exact posterior ``p(x | y)`` for ``y = A x + sigma_y v``, ``v ~ N(0, I)``, ``A`` linear.
