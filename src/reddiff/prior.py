@@ -50,8 +50,9 @@ class DiffusionPrior(nn.Module):
         prediction: what the network predicts (default ``epsilon``).
         network_time: maps the schedule's times to the network's time input (default: unchanged; e.g. ``t * 1000``
             for diffusers' flow models).
-        clip_denoised: clamp ``x0`` to ``data_range`` in :meth:`predict`, leaving ``eps`` as predicted (diffusers'
-            ``clip_sample``).
+        clip_denoised: clamp ``x0`` to ``data_range`` in :meth:`predict` and recompute ``eps`` from it (diffusers'
+            ``clip_sample`` as its DDPM scheduler and ADM apply it; diffusers' DDIM scheduler keeps the unclipped
+            ``eps`` unless ``use_clipped_model_output``).
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class DiffusionPrior(nn.Module):
         """ε and the Tweedie estimate ``x0`` (for ε-networks ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``).
 
         Gradients flow through the network unless the caller wraps this in ``torch.no_grad()``. With
-        ``clip_denoised``, ``x0`` is clamped to the data range (``eps`` stays the network's).
+        ``clip_denoised``, ``x0`` is clamped to the data range and ``eps`` recomputed from it.
 
         Returns:
             ``(eps, x0)``, both shaped like ``x_t``.
@@ -192,8 +193,10 @@ class DiffusionPrior(nn.Module):
             x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
         else:
             eps, x0 = self._general(x_t, t)
-        if self.clip_denoised:
+        if self.clip_denoised:  # a consistent pair: eps recomputed from the clipped x0 (as ADM and DDPM do)
             x0 = x0.clamp(*self.data_range)  # type: ignore[misc]
+            abar = self.abar_at(t, x_t.to(torch.float64)).expand(x_t.shape[0], *([1] * (x_t.dim() - 1)))
+            eps = ((x_t.to(torch.float64) - abar.sqrt() * x0.to(torch.float64)) / (1 - abar).sqrt()).to(x_t.dtype)
         return eps, x0
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +220,10 @@ def load_prior(
 
     Args:
         spec: a named prior (``reddiff list priors``: ``imagenet256-uncond``, ``ffhq256``, downloaded to the cache
-            on first use) or a path to a guided-diffusion ``.pt`` checkpoint or a reddiff ``.safetensors`` export.
+            on first use), a path to a guided-diffusion ``.pt`` checkpoint or a reddiff ``.safetensors`` export, or
+            ``diffusers:FOLDER_OR_HUB_ID`` (a diffusers ``UNet2DModel`` with its scheduler config; see
+            :mod:`reddiff.networks.diffusers_route`), or ``file.py:function`` / ``module:function``, your own
+            code returning a prior (see :mod:`reddiff.networks.user_route`).
         config: guided-diffusion ``create_model`` arguments (a dict, or a path to a JSON file). ``None``: the named
             prior's own, the JSON beside a ``.safetensors`` export, or inferred from the state dict.
         device: where to put the network (default: CPU).
@@ -231,6 +237,21 @@ def load_prior(
 
     if not isinstance(spec, str | Path) or not str(spec).strip():
         raise ReddiffError(f"prior must be a name (see `reddiff list priors`) or a checkpoint path, got {spec!r}")
+    text = str(spec)
+    if text.startswith("diffusers:"):
+        from .networks.diffusers_route import load_diffusers_prior
+
+        if config is not None:
+            raise ReddiffError("--prior-config is for guided-diffusion checkpoints; a diffusers model has its own")
+        return load_diffusers_prior(text[len("diffusers:"):], device=device, progress=progress)
+    from .usercode import is_user_spec
+
+    if is_user_spec(text):
+        from .networks.user_route import load_user_prior
+
+        if config is not None:
+            raise ReddiffError("--prior-config is for guided-diffusion checkpoints; a user prior configures itself")
+        return load_user_prior(text, device=device)
     network, info = load_network(spec, config, progress=progress)
     prior = DiffusionPrior(network, VPSchedule(), learned_sigma=bool(info.get("learned_sigma")), info=info)
     if device is not None:

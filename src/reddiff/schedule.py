@@ -181,6 +181,9 @@ class VPSchedule(_Discrete):
         num_timesteps: T (1000 for the public checkpoints).
         beta_start: beta_0 (None: 1e-4 scaled by 1000 / T).
         beta_end: beta_{T-1} (None: 0.02 scaled by 1000 / T).
+        float32: compute the betas and their cumulative product in float32, as diffusers does, then widen to
+            float64: the exact table a diffusers model was trained with (its ``abar`` near ``t = T-1`` differs from
+            the float64 one by up to 1e-5 relative).
         betas: float64 [T].
         abar: float64 [T], ``abar_t = prod_{s<=t}(1 - beta_s)``.
     """
@@ -189,6 +192,7 @@ class VPSchedule(_Discrete):
     num_timesteps: int = 1000
     beta_start: float | None = None
     beta_end: float | None = None
+    float32: bool = False
     betas: torch.Tensor = field(init=False, repr=False, compare=False)
     abar: torch.Tensor = field(init=False, repr=False, compare=False)
 
@@ -200,8 +204,9 @@ class VPSchedule(_Discrete):
         if int(self.num_timesteps) < 1:
             raise ReddiffError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
         n = int(self.num_timesteps)
+        dtype = torch.float32 if self.float32 else torch.float64
         if self.kind == "cosine":
-            betas = cosine_betas(n)
+            betas = cosine_betas(n).to(dtype)
         elif self.beta_start is None and self.beta_end is None and self.kind == "linear":
             betas = linear_betas(n)
         else:
@@ -210,11 +215,11 @@ class VPSchedule(_Discrete):
             if not 0 < b0 <= b1 < 1:
                 raise ReddiffError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {b0}, {b1}")
             if self.kind == "linear":
-                betas = torch.linspace(b0, b1, n, dtype=torch.float64)
+                betas = torch.linspace(b0, b1, n, dtype=dtype)
             else:
-                betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
-        object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "abar", torch.cumprod(1.0 - betas, dim=0))
+                betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=dtype) ** 2
+        object.__setattr__(self, "betas", betas.to(torch.float64))
+        object.__setattr__(self, "abar", torch.cumprod(1.0 - betas, dim=0).to(torch.float64))
 
     def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         abar = self.abar[torch.as_tensor(t).long()]
@@ -232,6 +237,8 @@ class VPSchedule(_Discrete):
         out: dict[str, Any] = {"family": "vp", "kind": self.kind, "num_timesteps": self.num_timesteps}
         if self.beta_start is not None or self.beta_end is not None:
             out.update(beta_start=self.beta_start, beta_end=self.beta_end)
+        if self.float32:
+            out["float32"] = True
         return out
 
 

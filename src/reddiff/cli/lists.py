@@ -33,10 +33,44 @@ def _priors() -> dict[str, Any]:
                   "file": str(bundled), "cached": bundled.is_file(), "sources": ["package data"],
                   "presets": (presets or {}).get("tasks", {}), "presets_provenance": (presets or {}).get("provenance")}
     }
-    priors.update({name: {"description": p.description, "file": p.filename,
+    priors.update({name: {"description": p.description, "file": p.filename, "route": "named",
+                          "family": "vp", "prediction": "epsilon",
                           "cached": (cache_dir() / p.filename).is_file(), "sources": list(p.urls)}
                    for name, p in NAMED_PRIORS.items()})
+    priors[BUNDLED].update(route="named", family="vp", prediction="epsilon")
+    for model in _cached_diffusers_models():
+        priors[f"diffusers:{model}"] = {"description": "a diffusers model in the hub cache", "route": "diffusers",
+                                        "cached": True, "sources": ["huggingface_hub cache"]}
     return priors
+
+
+#: Every way to name a prior, for ``reddiff list priors``: (route, spec form, what it loads).
+ROUTES = (
+    ("named", "bundled, imagenet256-uncond, ffhq256", "the priors listed below: ADM, VP, epsilon-prediction"),
+    ("path", "FILE.pt | FILE.safetensors", "a guided-diffusion checkpoint or a reddiff export (ADM, VP, epsilon)"),
+    ("diffusers", "diffusers:FOLDER | diffusers:ORG/NAME", "a diffusers UNet2DModel and its scheduler config: VP "
+     "(linear, scaled-linear, cosine betas; epsilon, sample, v_prediction) or rectified flow (velocity)"),
+    ("user", "FILE.py:FUNCTION | MODULE:FUNCTION", "your own code: a DiffusionPrior, a dict (network, prediction, "
+     "schedule, data_range) or an EDM denoiser D(x, sigma); any family: vp, vp-continuous, ve, flow"),
+)
+
+
+def _cached_diffusers_models() -> list[str]:
+    """Hub models in the huggingface_hub cache that carry a scheduler config (a diffusers prior's mark)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+    except ImportError:
+        return []
+    try:
+        cache = scan_cache_dir()
+    except Exception:  # noqa: BLE001 - no cache yet, or an unreadable one: nothing cached to show
+        return []
+    found = []
+    for repo in cache.repos:
+        names = {f.file_name for rev in repo.revisions for f in rev.files}
+        if repo.repo_type == "model" and "scheduler_config.json" in names:
+            found.append(repo.repo_id)
+    return sorted(found)
 
 
 def solver_tables() -> str:
@@ -70,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         data["tasks"] = dict(TASKS)
     if args.what in ("priors", "all"):
         data["priors"] = _priors()
+        data["prior_routes"] = [{"route": r, "spec": f, "loads": w} for r, f, w in ROUTES]
     if args.what in ("solvers", "all"):
         data["solvers"] = {name: cls().to_dict() for name, cls in SOLVERS.items()}
     if args.json:
@@ -83,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {'file.py:function':<28} your own operator: function((C, H, W)) returns an Operator or a "
               "differentiable callable (also module:function)")
     if "priors" in data:
+        print("prior routes (--prior SPEC):")
+        for route, form, what in ROUTES:
+            print(f"  {route:<10} {form:<40} {what}")
         print(f"priors (cache: {cache_dir()}):")
         for k, v in data["priors"].items():
             print(f"  {k:<28} {v['description']}{'  [cached]' if v['cached'] else ''}")

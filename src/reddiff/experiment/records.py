@@ -189,7 +189,7 @@ def write_outputs(
         "command": ["reddiff", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("reddiff") else None,
         "input": {"path": str(job.source), "sha256": job.settings.get("input_sha256"),
                   "kind": job.settings.get("kind")},
-        "prior": prior.info,
+        "prior": {**prior.info, **prior.describe()},
         "task": {"task": op.task, "params": op.params(), "x_shape": list(op.x_shape), "y_shape": list(op.y_shape)},
         "sigma_y": {"pixel_0_1": sigma_y_pixel, "internal_-1_1": noise.sigma_y},
         "noise": noise.params(),

@@ -35,12 +35,7 @@ the file or module, the function and what is wrong.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,68 +43,9 @@ from torch import Tensor
 
 from reddiff.errors import OperatorError, UserCodeError
 from reddiff.operators.base import LinearOperator, Operator, conjugate_gradient
+from reddiff.usercode import is_user_spec, load_factory, split_user_spec
 
 __all__ = ["CallableOperator", "LinearCallableOperator", "load_user_operator", "split_user_spec", "is_user_spec"]
-
-
-def split_user_spec(spec: str) -> tuple[str, str]:
-    """Split ``SOURCE:FUNCTION`` at its last colon (so Windows drive letters stay in the source)."""
-    source, sep, func = spec.strip().rpartition(":")
-    if not sep or not source or not func:
-        raise OperatorError(f"user operator must be given as path/to/file.py:function or module:function, got {spec!r}")
-    return source, func
-
-
-def is_user_spec(spec: str, builtin_names: Sequence[str] = ()) -> bool:
-    """Whether ``spec`` names a user operator rather than a built-in ``NAME[:PARAM]`` task.
-
-    True for ``SOURCE:FUNCTION`` where ``SOURCE`` ends in ``.py``, or where ``SOURCE`` is a dotted module name that is
-    not a built-in task name and ``FUNCTION`` is a Python identifier.
-    """
-    if not isinstance(spec, str) or ":" not in spec:
-        return False
-    source, _, func = spec.strip().rpartition(":")
-    if source.lower().endswith(".py"):
-        return True
-    head = spec.strip().partition(":")[0].strip().lower()
-    if head in builtin_names:
-        return False
-    return func.isidentifier() and all(part.isidentifier() for part in source.split("."))
-
-
-def _load_module(source: str, where: str) -> Any:
-    if source.lower().endswith(".py"):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise OperatorError(f"user operator {where}: file {str(path)!r} not found")
-        name = "reddiff_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise OperatorError(f"user operator {where}: cannot load {str(path)!r} as a Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except SyntaxError as exc:
-            sys.modules.pop(name, None)
-            raise OperatorError(f"user operator {where}: syntax error in {exc.filename} line {exc.lineno}: "
-                                f"{exc.msg}") from None
-        except Exception as exc:  # noqa: BLE001 - any error of user code becomes one clear message
-            sys.modules.pop(name, None)
-            raise OperatorError(f"user operator {where}: importing {str(path)!r} raised "
-                                f"{type(exc).__name__}: {exc}") from None
-        return module
-    try:
-        return importlib.import_module(source)
-    except ModuleNotFoundError as exc:
-        raise OperatorError(f"user operator {where}: module {source!r} cannot be imported ({exc}); give "
-                            "path/to/file.py:function or an importable module:function") from None
-    except SyntaxError as exc:
-        raise OperatorError(f"user operator {where}: syntax error in {exc.filename} line {exc.lineno}: "
-                            f"{exc.msg}") from None
-    except Exception as exc:  # noqa: BLE001
-        raise OperatorError(f"user operator {where}: importing module {source!r} raised "
-                            f"{type(exc).__name__}: {exc}") from None
 
 
 def _probe(fn: Callable[[Tensor], Any], shape: tuple[int, int, int], where: str) -> tuple[int, ...]:
@@ -254,18 +190,8 @@ def load_user_operator(spec: str, shape: Sequence[int]) -> Operator:
     Raises:
         OperatorError: One line naming the file or module, the function and the problem.
     """
-    source, func_name = split_user_spec(spec)
-    where = f"{spec.strip()!r}"
+    factory, func_name, where = load_factory(spec, "user operator", OperatorError)
     dims = tuple(int(s) for s in shape)
-    module = _load_module(source, where)
-    factory = getattr(module, func_name, None)
-    if factory is None:
-        public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise OperatorError(f"user operator {where}: {source!r} has no function {func_name!r}"
-                            f"{' (it has: ' + ', '.join(public[:8]) + ')' if public else ''}")
-    if not callable(factory):
-        raise OperatorError(f"user operator {where}: {func_name!r} in {source!r} is a {type(factory).__name__}, "
-                            "not a function")
     try:
         made = factory(dims)
     except Exception as exc:  # noqa: BLE001

@@ -33,8 +33,11 @@ PRESET_KEYS = ("lam", "lr", "steps", "weighting", "init", "t_max", "lr_schedule"
 
 
 def presets_path(weights: str | Path) -> Path:
-    """Where the presets of a weights file live: ``<stem>.presets.json`` beside it."""
+    """Where the presets of a prior live: ``<stem>.presets.json`` beside a weights file, ``reddiff.presets.json``
+    inside a model folder (diffusers)."""
     p = Path(weights)
+    if p.is_dir():
+        return p / "reddiff.presets.json"
     return p.with_name(p.stem + ".presets.json")
 
 

@@ -1,0 +1,183 @@
+"""diffusers priors: a small random UNet2DModel saved as diffusers writes it, loaded back through
+``diffusers:FOLDER``, and sampled by reddiff's DDIM equal to diffusers' own scheduler loops."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from reddiff import DDIM, Problem, RedDiff, load_prior, make_operator  # noqa: E402
+from reddiff.errors import CheckpointError  # noqa: E402
+
+SIZE = 16
+
+
+def tiny_unet(out_channels: int = 3, seed: int = 0) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = diffusers.UNet2DModel(
+            sample_size=SIZE, in_channels=3, out_channels=out_channels, layers_per_block=1,
+            block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8,
+        )
+    # random weights are mostly near the initialisation; perturb them so the network is far from identity
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return unet.eval()
+
+
+def save_pipeline(folder: Path, scheduler, out_channels: int = 3) -> Path:
+    diffusers.DDPMPipeline(unet=tiny_unet(out_channels), scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+def diffusers_loop(unet, scheduler, steps: int, x: torch.Tensor, generator=None, channels: int = 3) -> torch.Tensor:
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            out = unet(x, t).sample[:, :channels]
+        kwargs = {"generator": generator} if generator is not None else {}
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
+    return x
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+PREDICTIONS = ["epsilon", "sample", "v_prediction"]
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+def test_ddim_equals_diffusers_ddim_scheduler(tmp_path, prediction, beta_schedule):
+    sched = diffusers.DDIMScheduler(beta_schedule=beta_schedule, prediction_type=prediction, clip_sample=False)
+    folder = save_pipeline(tmp_path / "pipe", sched)
+    prior = load_prior(f"diffusers:{folder}", progress=False)
+    assert prior.prediction == prediction and prior.info["route"] == "diffusers"
+    steps, shape = 10, (2, 3, SIZE, SIZE)
+    ours = DDIM(steps=steps, timestep_spacing="leading").sample(prior, shape, torch.Generator().manual_seed(0))
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))  # noqa: N806
+    theirs = diffusers_loop(diffusers.UNet2DModel.from_pretrained(folder / "unet"), sched, steps, x_T)
+    assert rel(ours, theirs) <= 1e-5, rel(ours, theirs)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("clip", [False, True])
+def test_eta_one_equals_diffusers_ddpm_scheduler_with_the_same_noise(tmp_path, prediction, clip):
+    sched = diffusers.DDPMScheduler(prediction_type=prediction, clip_sample=clip, variance_type="fixed_small")
+    folder = save_pipeline(tmp_path / "pipe", sched)
+    prior = load_prior(f"diffusers:{folder}", progress=False)
+    assert prior.clip_denoised is clip
+    steps, shape = 10, (1, 3, SIZE, SIZE)
+    ours = DDIM(steps=steps, eta=1.0, timestep_spacing="leading").sample(prior, shape, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(shape, generator=g)  # noqa: N806
+    theirs = diffusers_loop(diffusers.UNet2DModel.from_pretrained(folder / "unet"), sched, steps, x_T, generator=g)
+    assert rel(ours, theirs) <= 1e-5, rel(ours, theirs)
+
+
+def test_learned_variance_channels_and_scaled_linear_betas(tmp_path):
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    num_train_timesteps=500, clip_sample=False)
+    config = dict(sched.config)
+    folder = save_pipeline(tmp_path / "pipe", sched, out_channels=6)
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    saved = json.loads(sched_file.read_text())
+    saved["variance_type"] = "learned_range"  # what DDPM-trained checkpoints with learned variances carry
+    sched_file.write_text(json.dumps(saved))
+    prior = load_prior(f"diffusers:{folder}", progress=False)
+    assert prior.learned_sigma and prior.schedule.num_timesteps == 500 and prior.schedule.kind == "scaled_linear"
+    # the very table diffusers trains and samples with
+    assert torch.equal(prior.schedule.abar.float(), diffusers.DDIMScheduler.from_config(config).alphas_cumprod)
+    ours = DDIM(steps=5, timestep_spacing="leading").sample(prior, (1, 3, SIZE, SIZE), torch.Generator().manual_seed(1))
+    x_T = torch.randn((1, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(1))  # noqa: N806
+    theirs = diffusers_loop(diffusers.UNet2DModel.from_pretrained(folder / "unet"),
+                            diffusers.DDIMScheduler.from_config(config), 5, x_T)
+    assert rel(ours, theirs) <= 1e-5
+
+
+def test_reddiff_runs_on_a_diffusers_prior_and_any_image_size(tmp_path):
+    folder = save_pipeline(tmp_path / "pipe", diffusers.DDIMScheduler(prediction_type="v_prediction"))
+    prior = load_prior(f"diffusers:{folder}", progress=False)
+    x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1  # not a multiple of 2: padded
+    op = make_operator("inpaint-random:0.5", (3, 20, 24), generator=torch.Generator().manual_seed(0))
+    mu = RedDiff(steps=5)(prior, Problem(op.A(x), op, 0.0), torch.Generator().manual_seed(2))
+    assert mu.shape == x.shape and torch.isfinite(mu).all()
+
+
+def test_a_bare_model_folder_with_its_scheduler_config(tmp_path):
+    unet = tiny_unet()
+    unet.save_pretrained(tmp_path / "model")
+    with pytest.raises(CheckpointError, match="no scheduler config") as err:
+        load_prior(f"diffusers:{tmp_path / 'model'}", progress=False)
+    assert "\n" not in str(err.value)
+    diffusers.DDIMScheduler().save_pretrained(tmp_path / "model")
+    prior = load_prior(f"diffusers:{tmp_path / 'model'}", progress=False)
+    assert prior.prediction == "epsilon" and prior.schedule.family == "vp"
+
+
+def test_flow_matching_scheduler_gives_a_rectified_flow_prior(tmp_path):
+    folder = save_pipeline(tmp_path / "pipe", diffusers.FlowMatchEulerDiscreteScheduler())
+    prior = load_prior(f"diffusers:{folder}", progress=False)
+    assert prior.schedule.family == "flow" and prior.prediction == "flow"
+    # the network sees t * 1000, as diffusers' flow schedulers feed it
+    seen = []
+    unet = prior.network.unet
+    handle = unet.register_forward_pre_hook(lambda m, args: seen.append(float(args[1].reshape(-1)[0])))
+    prior.eps(torch.zeros(1, 3, SIZE, SIZE), 0.25)
+    handle.remove()
+    assert seen == [250.0]
+
+
+def test_bad_diffusers_folders_are_one_line(tmp_path):
+    cases = []
+    with pytest.raises(CheckpointError) as err:
+        load_prior(f"diffusers:{tmp_path / 'nope'}", progress=False)
+    cases.append(err)
+    folder = save_pipeline(tmp_path / "pipe", diffusers.DDIMScheduler())
+    for f in (folder / "unet").glob("*.safetensors"):
+        torch.save({"x": torch.zeros(1)}, f.with_suffix(".bin"))
+        f.unlink()
+    with pytest.raises(CheckpointError, match="only pickled weights") as err:
+        load_prior(f"diffusers:{folder}", progress=False)
+    cases.append(err)
+    folder2 = save_pipeline(tmp_path / "pipe2", diffusers.DDIMScheduler(rescale_betas_zero_snr=True))
+    with pytest.raises(CheckpointError, match="rescale_betas_zero_snr") as err:
+        load_prior(f"diffusers:{folder2}", progress=False)
+    cases.append(err)
+    assert all("\n" not in str(e.value) for e in cases)
+
+
+def test_hub_ids_come_from_the_cache_offline_and_name_it_when_missing(tmp_path, monkeypatch):
+    """A hub id resolves through huggingface_hub's cache; offline, a model that is not there is one line naming it."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import importlib
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match=f"not available: offline .*{cache}") as err:
+        load_prior("diffusers:someone/tiny-ddpm", progress=False)
+    assert "\n" not in str(err.value)
+    # the cache layout huggingface_hub writes: refs/main -> snapshots/<commit>/<files>
+    repo = cache / "models--someone--tiny-ddpm"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    save_pipeline(snapshot, diffusers.DDIMScheduler(prediction_type="sample"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    importlib.invalidate_caches()
+    prior = load_prior("diffusers:someone/tiny-ddpm", progress=False)
+    assert prior.prediction == "sample" and Path(prior.info["path"]) == snapshot
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
