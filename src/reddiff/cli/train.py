@@ -18,7 +18,7 @@ DESCRIPTION = ("Train the ADM network on random crops (flips, 90° rotations, mi
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..tools.train import DEFAULT_MODEL, TrainConfig
+    from ..tools.train import ARCHITECTURES, DEFAULT_MODEL, OBJECTIVES, TrainConfig
 
     d = TrainConfig(out="")
     p.add_argument("--output", metavar="DIR", required=True, help="output folder")
@@ -47,13 +47,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cooldown", type=NONNEG_INT, default=d.cooldown,
                    help="linear learning-rate decay towards 0 over the last N steps (default: %(default)s)")
     p.add_argument("--channels", type=POS_INT, default=DEFAULT_MODEL["num_channels"],
-                   help="ADM base channels, a multiple of 32 (default: %(default)s)")
+                   help="base channels (ADM: a multiple of 32) (default: %(default)s)")
     p.add_argument("--channel-mult", default=DEFAULT_MODEL["channel_mult"],
                    help="ADM channel multipliers per level (default: %(default)s)")
     p.add_argument("--res-blocks", type=POS_INT, default=DEFAULT_MODEL["num_res_blocks"],
                    help="residual blocks per level (default: %(default)s)")
     p.add_argument("--attention", default=DEFAULT_MODEL["attention_resolutions"],
-                   help="attention resolutions, e.g. '8' (relative to a 64 px image; default: none)")
+                   help="ADM attention resolutions, e.g. '8' (relative to a 64 px image; default: none)")
+    p.add_argument("--arch", default=d.arch, choices=list(ARCHITECTURES),
+                   help="network: adm (guided-diffusion's UNet, exported as prior.safetensors) or unet2d (diffusers' "
+                   "UNet2DModel, exported as a diffusers folder for --prior diffusers:DIR/diffusers; needs "
+                   "reddiff[diffusers]) (default: %(default)s)")
+    p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES),
+                   help="eps (DDPM ε-prediction on the VP schedule) or flow (rectified flow, velocity prediction; "
+                   "with --arch unet2d) (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt (raise --steps to go on)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -62,25 +69,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import dumps
-    from ..tools.train import DEFAULT_MODEL, TrainConfig, train
+    from ..tools.train import TrainConfig, train
 
-    model = dict(DEFAULT_MODEL)
-    model.update(num_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
-                 attention_resolutions=args.attention)
-    if model["attention_resolutions"]:
-        model["num_head_channels"] = 32
+    model = _model(args)
     cfg = TrainConfig(
         out=args.output, data=args.data, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
         seed=args.seed, checkpoint_every=args.checkpoint_every, deadleaves=args.deadleaves, low_t=args.low_t,
-        low_t_max=args.low_t_max, cooldown=args.cooldown, device=args.device, model=model,
+        low_t_max=args.low_t_max, cooldown=args.cooldown, device=args.device, model=model, arch=args.arch,
+        objective=args.objective,
     )
     summary = train(cfg, resume=args.resume, progress=not args.no_progress, say=say)
     if args.json:
         print(dumps(summary))
     else:
         print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['final_loss']:.4f}")
-        print(f"prior: {summary['export']}  (use --prior {summary['export']})")
+        spec = f"diffusers:{summary['export']}" if args.arch == "unet2d" else summary["export"]
+        print(f"prior: {summary['export']}  (use --prior {spec})")
         if summary["loss_curve"]:
             print(f"loss curve: {summary['loss_curve']}")
     return 0
+
+
+def _model(args: argparse.Namespace) -> dict:
+    """The network's arguments from the architecture flags."""
+    from ..errors import ReddiffError
+    from ..tools.train import DEFAULT_MODEL, DEFAULT_UNET2D
+
+    if args.arch == "adm":
+        model = dict(DEFAULT_MODEL)
+        model.update(num_channels=args.channels, channel_mult=args.channel_mult, num_res_blocks=args.res_blocks,
+                     attention_resolutions=args.attention)
+        if model["attention_resolutions"]:
+            model["num_head_channels"] = 32
+        return model
+    if args.attention:
+        raise ReddiffError("--attention is for --arch adm; the unet2d network has no attention blocks")
+    try:
+        mult = [int(m) for m in str(args.channel_mult).split(",")]
+    except ValueError:
+        raise ReddiffError(f"--channel-mult must be comma-separated integers, got {args.channel_mult!r}") from None
+    levels = len(mult)
+    return {**DEFAULT_UNET2D, "block_out_channels": [args.channels * m for m in mult],
+            "layers_per_block": args.res_blocks, "down_block_types": ["DownBlock2D"] * levels,
+            "up_block_types": ["UpBlock2D"] * levels}

@@ -11,10 +11,25 @@ disk, also when a run is interrupted), :mod:`.estimate` (the time estimate said 
 """
 
 from .checkpoint import CHECKPOINT, EXPORT, TrainState, export_prior, plot_loss_curve, read_checkpoint, save_checkpoint
-from .config import DEFAULT_MODEL, TrainConfig, draw_timesteps, learning_rate, resolve_device
-from .loop import setup, train, train_step
+from .config import (
+    ARCHITECTURES,
+    DEFAULT_MODEL,
+    DEFAULT_UNET2D,
+    OBJECTIVES,
+    TrainConfig,
+    build_network,
+    draw_timesteps,
+    learning_rate,
+    resolve_device,
+)
+from .loop import noisy_batch, setup, train, train_step
 
 __all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_UNET2D",
+    "OBJECTIVES",
+    "build_network",
+    "noisy_batch",
     "CHECKPOINT",
     "DEFAULT_MODEL",
     "EXPORT",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 EXPORT = "prior.safetensors"
 
 #: Settings a resumed run must share with its checkpoint (the others may change between phases).
-RESUME_KEYS = ("model", "batch_size", "crop", "data", "seed", "deadleaves")
+RESUME_KEYS = ("model", "batch_size", "crop", "data", "seed", "deadleaves", "arch", "objective")
 
 
 @dataclass
@@ -132,11 +133,26 @@ def restore(state: TrainState, payload: dict[str, Any]) -> None:
     state.step = state.start = state.saved_step = int(payload["step"])
 
 
-def export_prior(state: TrainState, path: Path) -> Path:
-    """Save the EMA weights in float32 as ``path`` (safetensors) + ``prior.json``, readable by ``load_prior``."""
+def export_prior(state: TrainState, path: Path, objective: str = "eps") -> Path:
+    """Save the EMA weights in float32, readable by ``load_prior``: an ADM as ``path`` (safetensors) +
+    ``prior.json``; a ``UNet2DModel`` as a diffusers folder ``path.parent / "diffusers"`` (unet, scheduler config,
+    model_index.json) for ``--prior diffusers:FOLDER``; returns what to pass to ``--prior`` (without the prefix)."""
+    from ...networks.diffusers_route import DiffusersUNet, _diffusers
     from ...networks.loading import save_network
 
-    return save_network(state.ema.cpu().float(), path)
+    ema = state.ema.cpu().float()
+    if not isinstance(ema, DiffusersUNet):
+        return save_network(ema, path)
+    diffusers = _diffusers()
+    folder = path.parent / "diffusers"
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler() if objective == "flow" else diffusers.DDPMScheduler(
+        beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+    tmp = path.parent / ".diffusers.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    diffusers.DDPMPipeline(unet=ema.unet, scheduler=scheduler).save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
 
 
 def plot_loss_curve(history: list[tuple[int, float]], path: Path, title: str = "training loss") -> Path | None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ...errors import ReddiffError
+from ...errors import CheckpointError, ReddiffError
 
-__all__ = ["DEFAULT_MODEL", "TrainConfig", "draw_timesteps", "learning_rate", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_UNET2D", "ARCHITECTURES", "OBJECTIVES", "TrainConfig", "build_network",
+           "draw_timesteps", "learning_rate", "resolve_device"]
+
+#: The networks ``reddiff train`` builds: guided-diffusion's ADM (exported as a reddiff prior), or diffusers'
+#: ``UNet2DModel`` (exported as a diffusers folder, loaded with ``--prior diffusers:FOLDER``).
+ARCHITECTURES = ("adm", "unet2d")
+#: ``eps``: DDPM's ε-MSE on the VP schedule; ``flow``: rectified flow, the velocity ``eps - x0`` at
+#: ``x_t = (1 - t) x0 + t eps`` (the network sees ``1000 t``, as diffusers' flow schedulers feed it).
+OBJECTIVES = ("eps", "flow")
 
 #: The architecture of the bundled prior: a compact, fully convolutional ADM (no attention), ~1.9 M parameters,
 #: fast enough for 100 RED-diff steps on a 256x256 image in well under a minute on a 2-core CPU.
@@ -24,6 +32,19 @@ DEFAULT_MODEL: dict[str, Any] = {
     "use_scale_shift_norm": True,
     "resblock_updown": True,
     "dropout": 0.0,
+}
+
+#: A compact fully convolutional diffusers ``UNet2DModel`` of about the bundled prior's size (~1.5 M parameters).
+DEFAULT_UNET2D: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64, 64],
+    "down_block_types": ["DownBlock2D"] * 4,
+    "up_block_types": ["UpBlock2D"] * 4,
+    "norm_num_groups": 8,
+    "add_attention": False,
 }
 
 
@@ -54,7 +75,10 @@ class TrainConfig:
             (the last step uses ``lr / (cooldown + 1)``; 0 = a constant rate after warm-up). May change between
             resumed runs.
         device: ``auto`` (CUDA when available, with bf16 autocast), ``cpu`` or ``cuda[:N]``.
-        model: ADM ``create_model`` arguments.
+        model: the network's arguments: ADM ``create_model`` arguments, or ``UNet2DModel`` ones (None: the
+            architecture's default).
+        arch: ``adm`` or ``unet2d`` (see :data:`ARCHITECTURES`).
+        objective: ``eps`` or ``flow`` (see :data:`OBJECTIVES`; ``flow`` needs ``unet2d``).
     """
 
     out: str
@@ -75,7 +99,13 @@ class TrainConfig:
     low_t_max: int = 200
     cooldown: int = 0
     device: str = "auto"
-    model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    model: dict[str, Any] | None = None
+    arch: str = "adm"
+    objective: str = "eps"
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = dict(DEFAULT_UNET2D if self.arch == "unet2d" else DEFAULT_MODEL)
 
     def validate(self) -> None:
         """Raise one clear error for a bad setting.
@@ -107,22 +137,28 @@ class TrainConfig:
                 raise ReddiffError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.deadleaves > 0 and int(self.deadleaves_images) < 1:
             raise ReddiffError(f"deadleaves_images must be >= 1 when deadleaves > 0, got {self.deadleaves_images}")
+        if self.arch not in ARCHITECTURES:
+            raise ReddiffError(f"unknown architecture {self.arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+        if self.objective not in OBJECTIVES:
+            raise ReddiffError(f"unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
+        if self.objective == "flow" and self.arch != "unet2d":
+            raise ReddiffError("the flow objective exports a diffusers model: use --arch unet2d")
         resolve_device(self.device)
         self._check_network()
 
     def _check_network(self) -> None:
         """Build the network on the meta device (no memory, no time) and run it once on a crop-sized batch."""
-        from ...networks.adm import create_model
-
         try:
             with torch.device("meta"):
-                net = create_model(**self.model)
+                net = build_network(self)
+        except CheckpointError:  # diffusers is not installed: its own message says what to do
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure here is a bad model setting
             raise ReddiffError(f"bad model settings {self.model}: {_first_line(exc)}") from None
         x = torch.empty(1, 3, self.crop, self.crop, device="meta")
         try:
             with torch.no_grad():
-                pred = net(x, torch.zeros(1, dtype=torch.long, device="meta"))
+                pred = net(x, torch.zeros(1, device="meta"))
         except Exception as exc:  # noqa: BLE001 - the same: the network cannot take this crop
             multiple = getattr(net, "size_multiple", 1)
             if self.crop % multiple:
@@ -130,8 +166,20 @@ class TrainConfig:
             raise ReddiffError(f"the network cannot train on 3-channel {self.crop}x{self.crop} crops: "
                                f"{_first_line(exc)}") from None
         if pred.shape != x.shape:
-            raise ReddiffError(f"the network predicts {pred.shape[1]} channels; training fits eps with 3 "
+            raise ReddiffError(f"the network predicts {pred.shape[1]} channels; training fits 3 "
                                "(learn_sigma must be false)")
+
+
+def build_network(cfg: TrainConfig) -> torch.nn.Module:
+    """The network of ``cfg``: an ADM from ``create_model``, or a diffusers ``UNet2DModel`` wrapped as
+    ``network(x, t)``."""
+    if cfg.arch == "adm":
+        from ...networks.adm import create_model
+
+        return create_model(**cfg.model)  # type: ignore[arg-type]
+    from ...networks.diffusers_route import DiffusersUNet, _diffusers
+
+    return DiffusersUNet(_diffusers().UNet2DModel(**cfg.model))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,7 +1,9 @@
 """Setting a run up (or resuming it), one training step, and the :func:`train` driver.
 
-Loss (Ho et al. 2020, eq. 14, "L_simple"): ``E_{x0, t, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
-t)||^2`` with ``t`` drawn by :func:`~reddiff.tools.train.config.draw_timesteps` on the linear schedule, T = 1000.
+Loss, objective ``eps`` (Ho et al. 2020, eq. 14, "L_simple"): ``E_{x0, t, eps} ||eps - eps_theta(sqrt(abar_t) x0 +
+sqrt(1 - abar_t) eps, t)||^2`` with ``t`` drawn by :func:`~reddiff.tools.train.config.draw_timesteps` on the linear
+schedule, T = 1000; objective ``flow`` (rectified flow): ``E ||(eps - x0) - v_theta((1 - t) x0 + t eps, 1000 t)||^2``
+with ``t`` continuous in [0, 1) (see :func:`noisy_batch`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from .checkpoint import (
     restore,
     save_checkpoint,
 )
-from .config import TrainConfig, draw_timesteps, learning_rate, resolve_device
+from .config import TrainConfig, build_network, draw_timesteps, learning_rate, resolve_device
 from .estimate import Estimate, say_stderr
 
-__all__ = ["setup", "train_step", "train"]
+__all__ = ["setup", "noisy_batch", "train_step", "train"]
 
 
 def _images(cfg: TrainConfig) -> list[np.ndarray]:
@@ -57,12 +59,10 @@ def setup(cfg: TrainConfig, device: torch.device, checkpoint: Path | None = None
     Raises:
         ReddiffError: unreadable training images or checkpoint, or a checkpoint from other settings.
     """
-    from ...networks.adm import create_model
-
     payload = read_checkpoint(checkpoint, cfg) if checkpoint is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # initial weights: seeded locally, the caller's global state is restored
-        model = create_model(**cfg.model)
+        model = build_network(cfg)
     model.to(device).train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -77,6 +77,26 @@ def setup(cfg: TrainConfig, device: torch.device, checkpoint: Path | None = None
     if payload is not None:
         restore(state, payload)
     return state
+
+
+def noisy_batch(cfg: TrainConfig, x0: torch.Tensor, abar: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, the network's time input, the regression target)`` of one batch for the objective.
+
+    ``eps``: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` at integer ``t`` (Ho et al. 2020), target ``eps``.
+    ``flow``: ``x_t = (1 - t) x0 + t eps`` at ``t = (k + u) / T`` (``k`` drawn as the integer timesteps are, ``u``
+    uniform in [0, 1)), time input ``1000 t``, target the velocity ``eps - x0`` (rectified flow).
+    """
+    device = x0.device
+    k = draw_timesteps(x0.shape[0], abar.numel(), cfg.low_t, cfg.low_t_max, generator)
+    if cfg.objective == "flow":
+        t = (k.to(torch.float32) + torch.rand(k.shape, generator=generator)) / abar.numel()
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        tt = t.view(-1, 1, 1, 1).to(device)
+        return (1 - tt) * x0 + tt * eps, (1000.0 * t).to(device), eps - x0
+    eps = torch.randn(x0.shape, generator=generator).to(device)
+    a = abar[k].view(-1, 1, 1, 1).to(device)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps, k.to(device), eps
 
 
 def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float:
@@ -100,15 +120,12 @@ def train_step(state: TrainState, cfg: TrainConfig, abar: torch.Tensor) -> float
     rewind = state.sampler.state_dict(), state.generator.get_state()
     try:
         x0 = state.sampler.sample(cfg.batch_size).to(device)
-        t = draw_timesteps(cfg.batch_size, abar.numel(), cfg.low_t, cfg.low_t_max, state.generator)
-        eps = torch.randn(x0.shape, generator=state.generator).to(device)
-        a = abar[t].view(-1, 1, 1, 1).to(device)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        x_t, time, target = noisy_batch(cfg, x0, abar, state.generator)
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = model(x_t, t.to(device))
-        loss = (pred.float() - eps).pow(2).mean()
+            pred = model(x_t, time)
+        loss = (pred.float() - target).pow(2).mean()
         if not torch.isfinite(loss):
             raise ReddiffError(f"training diverged at step {step} (loss {float(loss.detach())}); try a smaller --lr")
         opt.zero_grad(set_to_none=True)
@@ -200,7 +217,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         _run(state, cfg, ckpt_path, progress, on_step, Estimate(state.step, cfg.steps, device, say or say_stderr))
-        export = export_prior(state, out / EXPORT)
+        export = export_prior(state, out / EXPORT, cfg.objective)
         curve = plot_loss_curve(state.history, out / "loss.png")
         summary = {
             "steps": state.step,
