@@ -29,6 +29,7 @@ from common import add_overwrite, refuse_existing
 from reddiff import load_prior
 from reddiff.experiment import restore
 from reddiff.io import from_unit
+from reddiff.schedule import VPSchedule
 from reddiff.tools.data import HELD_OUT, builtin_training_images
 from reddiff.tools.presets import presets_path
 
@@ -80,6 +81,13 @@ def crops(size: int, crop_set: str = "sweep") -> list[tuple[tuple[str, int, int]
     return out
 
 
+def on_prior_schedule(prior, t_vp: int) -> float:
+    """The time on ``prior``'s schedule with the noise level of index ``t_vp`` of the linear VP schedule (T = 1000):
+    the same index for such priors, e.g. t = 0.083 for t_vp = 50 on a rectified-flow schedule."""
+    t = prior.schedule.time_at_abar(VPSchedule().abar_of(t_vp))
+    return t if isinstance(t, int) else round(float(t), 5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", default="bundled")
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         scores = []
         for cand in candidates:
             settings = {**cand, "steps": args.steps}
+            if "t_max" in settings:  # the grid's t_max are VP indices (T = 1000): the same noise level here
+                settings["t_max"] = on_prior_schedule(prior, settings["t_max"])
             vals = [restore(prior, x, task, 2 * noise, seed=1000 + i, **settings).psnr
                     for i, (_, x) in enumerate(images)]
             scores.append((float(np.mean(vals)), settings))
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                   for task in args.tasks.split(",")},
         "candidates": {task: TASKS[task][1] for task in args.tasks.split(",")},
         "criterion": "mean PSNR over the crops (training pictures only)",
+        "t_max": "candidates give t_max as an index of the linear VP schedule (T = 1000); the preset holds the time "
+                 "of the same noise level on the prior's own schedule",
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     out = Path(args.out)

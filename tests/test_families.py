@@ -148,3 +148,15 @@ def test_timestep_spacings_match_diffusers_conventions():
     assert vp.timesteps(10, spacing="trailing").tolist() == list(range(999, 0, -100))
     assert vp.timesteps(10).tolist()[0] == 999 and vp.timesteps(10).tolist()[-1] == 0
     assert vp.timesteps(3, spacing="leading").tolist() == [666, 333, 0]
+
+
+def test_a_noise_level_carries_over_between_schedules():
+    vp = VPSchedule()
+    for t in (0, 50, 400, 999):
+        assert vp.time_at_abar(vp.abar_of(t)) == t
+        for other in (FlowSchedule(t_min=1e-4, t_max=0.9999), EDMSchedule(sigma_min=1e-3, sigma_max=200.0),
+                      VPContinuousSchedule(t_min=1e-5)):
+            target = vp.abar_of(t)
+            if other.abar_of(other.t_max) <= target <= other.abar_of(other.t_min):  # within its range
+                assert other.abar_of(other.time_at_abar(target)) == pytest.approx(target, rel=1e-9)
+    assert FlowSchedule().time_at_abar(0.0) == FlowSchedule().t_max  # beyond the schedule's range: its end

@@ -109,6 +109,11 @@ class NoiseSchedule:
         least noisy, then put in ``order``."""
         raise NotImplementedError
 
+    def time_at_abar(self, abar: float) -> float:
+        """The time whose VP-equivalent ``abar`` is closest to ``abar``: the same noise level on this schedule
+        (how a setting given on one schedule, e.g. a preset's ``t_max``, carries over to another)."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description (for run records and exported configs); :func:`schedule_from_dict` reads it."""
         raise NotImplementedError
@@ -124,6 +129,9 @@ class _Discrete(NoiseSchedule):
 
     def abar_of(self, t: int | float) -> float:
         return float(self.abar[int(t)])
+
+    def time_at_abar(self, abar: float) -> float:
+        return int(torch.argmin((self.abar - float(abar)).abs()))
 
     def timesteps(self, num_steps: int, order: str = "descending", generator: torch.Generator | None = None,
                   t_max: float | None = None, allow_repeats: bool = False,
@@ -278,6 +286,17 @@ class _Continuous(NoiseSchedule):
 
     t_min: float
     t_max: float
+
+    def time_at_abar(self, abar: float) -> float:
+        lo, hi = self.t_min, self.t_max  # abar decreases with t: bisection
+        if abar >= self.abar_of(lo):
+            return lo
+        if abar <= self.abar_of(hi):
+            return hi
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if self.abar_of(mid) > abar else (lo, mid)
+        return 0.5 * (lo + hi)
 
     def grid(self, num_steps: int, top: float) -> torch.Tensor:
         """``num_steps`` ascending times from ``t_min`` to ``top`` (uniform in ``t``; EDM overrides)."""
