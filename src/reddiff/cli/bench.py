@@ -11,7 +11,8 @@ from .common import NONNEG_INT, POS_INT, add_runtime_args, device_from, parse_li
 NAME = "bench"
 RANK = 8
 HELP = "time one solver step against a bare network forward; memory; images per second"
-DESCRIPTION = ("Measure side by side, in one run: a bare network forward under no_grad and one step of RED-diff, "
+DESCRIPTION = ("Measure side by side, in one run: a bare network forward under no_grad (the network alone, without "
+               "the prior's prediction-type conversions) and one step of RED-diff, "
                "DPS, ΠGDM and DDRM (median over --repeats steps after --warmup), their ratio to the forward, peak "
                "memory (CUDA: max allocated; CPU: peak RSS growth) and images per second, per batch size. Prints a "
                "table; --output writes JSON.")
@@ -19,7 +20,8 @@ DESCRIPTION = ("Measure side by side, in one run: a bare network forward under n
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="bundled", help="bundled, imagenet256-uncond or ffhq256 (those architectures "
-                   "with random weights), or a checkpoint path (default: %(default)s)")
+                   "with random weights), or any --prior spec: a checkpoint path, diffusers:FOLDER, file.py:make "
+                   "(default: %(default)s)")
     p.add_argument("--size", type=POS_INT, default=256, help="image side in pixels (default: %(default)s)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")

@@ -31,7 +31,7 @@ class BenchConfig:
 
     Args:
         network: ``bundled`` (the shipped prior), ``imagenet256-uncond`` / ``ffhq256`` (those architectures with
-            random weights), or a checkpoint path.
+            random weights), or any ``--prior`` spec (a checkpoint path, ``diffusers:FOLDER``, ``file.py:make``).
         size: image side in pixels.
         batch_sizes: batch sizes to measure.
         device: torch device.
@@ -80,12 +80,16 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_forward(prior: Any, x: torch.Tensor, cfg: BenchConfig, device: torch.device) -> tuple[list[float], int]:
+    """The bare network: ``prior.network(x, time)`` at a mid timestep, without the prior's conversions."""
+    mid = prior.schedule.timesteps(3)[1]
+    t = torch.full((x.shape[0],), mid.item(), dtype=mid.dtype, device=device)
+    t_in = prior.network_time(t) if prior.network_time is not None else t
     times = []
     with PeakMemory(device) as mem, torch.no_grad():
         for i in range(cfg.warmup + cfg.repeats):
             _sync(device)
             t0 = time.perf_counter()
-            prior.eps(x, 500)
+            prior.network(x, t_in)
             _sync(device)
             if i >= cfg.warmup:
                 times.append(time.perf_counter() - t0)
