@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover
 _LAZY: dict[str, tuple[str, str]] = {
     "DiffusionPrior": ("reddiff.prior", "DiffusionPrior"),
     "load_prior": ("reddiff.prior", "load_prior"),
+    "export_diffusers": ("reddiff.networks.export", "export_diffusers"),
     "VPSchedule": ("reddiff.schedule", "VPSchedule"),
     "make_operator": ("reddiff.operators", "make_operator"),
     "Operator": ("reddiff.operators", "Operator"),

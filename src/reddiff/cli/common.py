@@ -61,18 +61,21 @@ def add_runtime_args(g: Any) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the network (pays off over many steps)")
 
 
-def add_prior_args(p: argparse.ArgumentParser, *, runtime: bool = True) -> None:
-    """``--prior``, ``--prior-config``, ``--device`` and (with ``runtime``) the runtime flags."""
+def add_prior_args(p: argparse.ArgumentParser, *, runtime: bool = True, device: bool = True) -> None:
+    """``--prior``, ``--prior-config``, (with ``device``) ``--device`` and (with ``runtime``) the runtime flags."""
     g = p.add_argument_group("prior")
     g.add_argument("--prior", metavar="SPEC", default="bundled",
                    help="diffusion prior: 'bundled' (the small natural-image prior shipped with reddiff), a named "
-                   "prior (`reddiff list priors`; downloaded to the cache on first use), or the path of a "
-                   "guided-diffusion .pt checkpoint or a reddiff .safetensors export (default: %(default)s)")
+                   "prior (`reddiff list priors`; downloaded to the cache on first use), the path of a "
+                   "guided-diffusion .pt checkpoint or a reddiff .safetensors export, diffusers:FOLDER_OR_HUB_ID (a "
+                   "diffusers UNet2DModel with its scheduler config), or my_model.py:make (your own code; see the "
+                   "README's 'Your own model') (default: %(default)s)")
     g.add_argument("--prior-config", metavar="JSON", default=None,
                    help="JSON file of guided-diffusion create_model arguments for --prior (default: the named "
                    "prior's own, the JSON beside a .safetensors file, or inferred from the checkpoint)")
-    g.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1, "
-                   "... (default: %(default)s)")
+    if device:
+        g.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1, "
+                       "... (default: %(default)s)")
     if runtime:
         add_runtime_args(g)
 

@@ -1,4 +1,5 @@
-"""``reddiff train``: train a diffusion prior (DDPM ε-prediction, ADM network) on random crops."""
+"""``reddiff train``: train a diffusion prior (DDPM ε-prediction or rectified flow; ADM or diffusers UNet) on random
+crops."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from .common import NONNEG_FLOAT, NONNEG_INT, POS_FLOAT, POS_INT, say
 
 NAME = "train"
 RANK = 7
-HELP = "train a diffusion prior (DDPM ε-prediction, ADM network) on random crops"
-DESCRIPTION = ("Train the ADM network on random crops (flips, 90° rotations, mild rescaling) of the built-in offline "
-               "image set or a folder, with AdamW, EMA weights and gradient clipping. DIR receives checkpoint.pt "
-               "(continue with --resume), prior.safetensors + prior.json (the EMA weights; use them with --prior), "
+HELP = "train a diffusion prior (DDPM ε or rectified flow; ADM or diffusers UNet) on random crops"
+DESCRIPTION = ("Train a denoiser (the ADM network, or with --arch unet2d diffusers' UNet2DModel; DDPM ε-prediction, "
+               "or with --objective flow rectified-flow velocity) on random crops (flips, 90° rotations, mild "
+               "rescaling) of the built-in offline image set or a folder, with AdamW, EMA weights and gradient "
+               "clipping. DIR receives checkpoint.pt (continue with --resume), the EMA weights (ADM: "
+               "prior.safetensors + prior.json for --prior; unet2d: a diffusers folder DIR/diffusers for --prior "
+               "diffusers:DIR/diffusers), "
                "loss.png and train.json. CUDA is used when present (bf16 autocast); on the CPU a run is deterministic "
                "for a given seed. After the first steps it says how long the whole run will take; Ctrl-C saves a "
                "checkpoint to resume from.")
