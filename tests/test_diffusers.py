@@ -183,6 +183,99 @@ def test_hub_ids_come_from_the_cache_offline_and_name_it_when_missing(tmp_path, 
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def _hub_server(root: Path, repo: str, log: list[tuple[str, str]]):
+    """A loopback stand-in for the Hugging Face hub serving the files under ``root`` as model ``repo``: the three
+    endpoints ``snapshot_download`` uses (revision info, file tree, resolve with the metadata headers)."""
+    import hashlib
+    import http.server
+    import threading
+
+    commit = "c" * 40
+    files = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _reply(self, body: bytes, headers: dict[str, str], send_body: bool) -> None:
+            self.send_response(200)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def _serve(self, send_body: bool) -> None:
+            path = self.path.split("?")[0]
+            log.append((self.command, path))
+            if path.startswith(f"/api/models/{repo}/revision/"):
+                info = {"id": repo, "sha": commit, "siblings": [{"rfilename": f} for f in sorted(files)]}
+                return self._reply(json.dumps(info).encode(), {"Content-Type": "application/json"}, send_body)
+            if path.startswith(f"/api/models/{repo}/tree/"):
+                tree = [{"type": "file", "path": f, "size": p.stat().st_size,
+                         "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for f, p in sorted(files.items())]
+                return self._reply(json.dumps(tree).encode(), {"Content-Type": "application/json"}, send_body)
+            prefix = f"/{repo}/resolve/{commit}/"
+            if path.startswith(prefix) and path[len(prefix):] in files:
+                data = files[path[len(prefix):]].read_bytes()
+                etag = f'"{hashlib.sha256(data).hexdigest()}"'
+                return self._reply(data, {"X-Repo-Commit": commit, "ETag": etag}, send_body)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._serve(True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._serve(False)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
+def test_hub_ids_download_into_the_cache_from_hf_endpoint(tmp_path):
+    """Online, a hub id is downloaded through huggingface_hub (here from a loopback server named by HF_ENDPOINT, as a
+    mirror would be) into its cache, safetensors and configs only; then it loads offline from that cache."""
+    import subprocess
+    import sys
+
+    repo_files = save_pipeline(tmp_path / "served", diffusers.DDIMScheduler(prediction_type="v_prediction"))
+    (repo_files / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickled weights are never fetched")
+    log: list[tuple[str, str]] = []
+    httpd = _hub_server(repo_files, "someone/tiny-ddpm", log)
+    cache = tmp_path / "hub"
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{httpd.server_address[1]}", "HF_HUB_CACHE": str(cache),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0"}
+    code = ("import sys, reddiff\n"
+            "try:\n"
+            "    p = reddiff.load_prior(sys.argv[1], progress=False)\n"
+            "    print(p.prediction, p.info['path'])\n"
+            "except reddiff.ReddiffError as e:\n"
+            "    print('error:', e); sys.exit(2)\n")
+
+    def load(spec: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, spec], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=300)
+
+    try:
+        online = load("diffusers:someone/tiny-ddpm")
+        missing = load("diffusers:someone/not-there")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert online.returncode == 0, online.stderr
+    prediction, path = online.stdout.split()
+    assert prediction == "v_prediction" and Path(path).is_relative_to(cache)
+    fetched = {p for m, p in log if m == "GET" and "/resolve/" in p}
+    assert any(p.endswith(".safetensors") for p in fetched) and not any(p.endswith(".bin") for p in fetched)
+    assert missing.returncode == 2 and "someone/not-there" in missing.stdout and str(cache) in missing.stdout
+    # the server is gone: offline, the cached copy is used
+    offline = load("diffusers:someone/tiny-ddpm", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0 and offline.stdout.split() == [prediction, path], offline.stdout + offline.stderr
+
+
 @pytest.mark.parametrize("objective", ["flow", "eps"])
 def test_train_a_diffusers_unet_and_load_it_back(tmp_path, capsys, objective):
     """`reddiff train --arch unet2d` exports a diffusers folder that the diffusers route loads, and diffusers' own
