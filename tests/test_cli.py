@@ -329,6 +329,14 @@ def test_poisson_noise_and_user_operator(capsys, tmp_path, small_image, prior_ar
     code, out, err = run(capsys, "solve", "--task", f"{op_file}:half", "--input", small_image, "--output",
                          tmp_path / "u", "--steps", "2", "--init", "zeros", "--json", *prior_args)
     assert code == 0, err
+    assert json.loads((tmp_path / "u/coffee/run.json").read_text())["notes"] == []
+    # without --init: RED-diff chooses the start itself, says so once, and records it
+    code, out, err = run(capsys, "solve", "--task", f"{op_file}:half", "--input", small_image, "--output",
+                         tmp_path / "w", "--steps", "2", "--json", *prior_args)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "starts from" in line]
+    assert len(notes) == 1 and "the measurement resized from 16x16 to the image" in notes[0]
+    assert json.loads((tmp_path / "w/coffee/run.json").read_text())["notes"] == [notes[0].split("note: ", 1)[1]]
     code, _, err = run(capsys, "solve", "--task", f"{op_file}:missing", "--input", small_image, "--output",
                        tmp_path / "v", *prior_args)
     _one_line_error(code, err, "missing")

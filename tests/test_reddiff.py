@@ -159,6 +159,32 @@ def test_inits():
     assert seen["random"].std() > 0.3
 
 
+@pytest.mark.parametrize(("forward", "expected", "words"), [
+    (lambda x: torch.tanh(2 * x), lambda y: y, "the measurement itself"),
+    (lambda x: torch.nn.functional.avg_pool2d(x, 2) ** 3,
+     lambda y: torch.nn.functional.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False),
+     "resized from 4x4"),
+    (lambda x: (x**2).mean(dim=(1, 2, 3)).unsqueeze(1), lambda y: torch.zeros(y.shape[0], 3, 8, 8), "zeros"),
+], ids=["same shape", "smaller image", "not an image"])
+def test_an_operator_without_any_estimate_gets_a_start_chosen_and_named(forward, expected, words):
+    """Nonlinear operators with neither A_dagger nor an estimate of their own: RED-diff chooses the start, says which
+    at step 0 and only there; init zeros/random still override it."""
+    from reddiff.operators.user import CallableOperator
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    op = CallableOperator(forward, (3, 8, 8), tuple(forward(x).shape[1:]), "mine")
+    y = op.A(x)
+    infos = []
+    RedDiff(steps=3, lr=1e-12, init="pinv")(DiffusionPrior(AffineNet()), Problem(y, op, 0.1), None, infos.append)
+    assert infos[0].note is not None and words in infos[0].note and "'mine'" in infos[0].note
+    assert all(i.note is None for i in infos[1:])
+    assert torch.allclose(infos[0].x, expected(y).clamp(-1, 1), atol=1e-6)
+    for init in ("zeros", "random"):
+        infos = []
+        RedDiff(steps=1, init=init)(DiffusionPrior(AffineNet()), Problem(y, op, 0.1), None, infos.append)
+        assert infos[0].note is None
+
+
 def test_callback_reports_every_step_in_descending_order():
     op, _, y = _problem()
     infos = []

@@ -16,7 +16,7 @@ from ..errors import ReddiffError
 from ..noise import NoiseModel
 from ..operators import Operator, stack
 from ..runtime import count_evals
-from ..solvers.base import Callback, Problem, Solver
+from ..solvers.base import Callback, Problem, Solver, StepInfo
 from .measure import Scores, Seeds, as_noise, pinv_psnr, score, simulate
 
 __all__ = ["Job", "Outcome", "group_batches", "solve_jobs", "Restoration", "restore"]
@@ -57,6 +57,7 @@ class Outcome:
         network_evals: network evaluations of the batch it ran in.
         scores: PSNR/SSIM against the clean image (empty for real measurements).
         psnr_pinv: PSNR of the naive ``A_dagger(y)`` (linear operators with a clean image; else None).
+        notes: the solver's one-line remarks during the run (e.g. the start RED-diff chose itself).
     """
 
     job: Job
@@ -65,6 +66,7 @@ class Outcome:
     network_evals: int
     scores: Scores = field(default_factory=Scores)
     psnr_pinv: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def group_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
@@ -104,7 +106,7 @@ def solve_jobs(
         device: where to solve.
         noise: the measurement noise model (its likelihood is the data term).
         callback: per-step callback of the solver.
-        notes: receives a line for every split batch.
+        notes: receives a line for every split batch and every new remark of the solver (:attr:`StepInfo.note`).
         say: prints such a line as it happens.
 
     Raises:
@@ -114,10 +116,22 @@ def solve_jobs(
     op = stack([job.operator.to(device) for job in batch])
     y = torch.cat([job.y for job in batch]).to(device)
     gens = [_generator(job.seeds.solver, device) for job in batch]
+    remarks: list[str] = []
+
+    def on_step(info: StepInfo) -> None:
+        if info.note is not None and info.note not in remarks:
+            remarks.append(info.note)
+            if info.note not in notes:
+                notes.append(info.note)
+                if say is not None:
+                    say(f"reddiff: note: {info.note}")
+        if callback is not None:
+            callback(info)
+
     t0 = time.perf_counter()
     try:
         with count_evals(prior) as evals:
-            mu = solver(prior, Problem(y, op, noise=noise), generator=gens, callback=callback)
+            mu = solver(prior, Problem(y, op, noise=noise), generator=gens, callback=on_step)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         if not _is_oom(exc):
             raise
@@ -147,7 +161,7 @@ def solve_jobs(
         if job.clean is not None:
             scores = score(est.clamp(-1, 1), job.clean)
             base = pinv_psnr(job.operator, job.y.cpu(), job.clean.cpu())
-        outcomes.append(Outcome(job, est, seconds, evals.count, scores, base))
+        outcomes.append(Outcome(job, est, seconds, evals.count, scores, base, list(remarks)))
     return outcomes
 
 
@@ -168,6 +182,7 @@ class Restoration:
         seconds: solve time.
         solver: the solver's fields (run record).
         preset: the prior's preset the solver started from (empty if none).
+        notes: the solver's one-line remarks (e.g. the start RED-diff chose itself).
     """
 
     task: str
@@ -182,6 +197,7 @@ class Restoration:
     seconds: float
     solver: dict[str, Any] = field(default_factory=dict)
     preset: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def restore(
@@ -227,5 +243,5 @@ def restore(
         task=op.task, operator=op, y=y.cpu(), estimate=out.estimate.clamp(-1, 1),
         measurement_image=op.y_to_image(y.cpu()).clamp(-1, 1), clean=x.cpu(), psnr=float(out.scores.psnr),
         ssim=out.scores.ssim, psnr_measurement=out.psnr_pinv, seconds=out.seconds, solver=solver.to_dict(),
-        preset=preset,
+        preset=preset, notes=out.notes,
     )

@@ -200,6 +200,7 @@ def write_outputs(
         "runtime": runtime_of(prior).to_dict(),
         "timings": {"solve_seconds": round(outcome.seconds, 4)},
         "network_evals": outcome.network_evals,
+        "notes": outcome.notes,
         "metrics": metrics,
         "outputs": outputs,
         "settings": job.settings,

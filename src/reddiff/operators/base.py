@@ -166,6 +166,18 @@ class Operator(nn.Module):
         ``A_dagger``)."""
         return self.initial_estimate(y)
 
+    def fallback_estimate(self, y: Tensor) -> tuple[Tensor, str]:
+        """A start for an operator without any estimate of its own, and what it is in words: the measurement itself
+        when it has the image's shape, the measurement resized (bilinear) to the image when it is an image with the
+        same channels, else zeros (mid-grey); clipped to the image range [-1, 1]."""
+        x_shape = tuple(self.x_shape)
+        if tuple(y.shape[1:]) == x_shape:
+            return y.clamp(-1, 1), "the measurement itself (it has the image's shape)"
+        if y.dim() == 4 and len(x_shape) == 3 and y.shape[1] == x_shape[0]:
+            resized = torch.nn.functional.interpolate(y, size=x_shape[1:], mode="bilinear", align_corners=False)
+            return resized.clamp(-1, 1), f"the measurement resized from {y.shape[-2]}x{y.shape[-1]} to the image"
+        return torch.zeros((y.shape[0], *x_shape), dtype=y.dtype, device=y.device), "zeros (mid-grey)"
+
     # -- description --------------------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         """JSON-serialisable description of the operator's parameters (for run records)."""

@@ -86,6 +86,8 @@ class StepInfo:
         t: the diffusion timestep of this step (an integer for discrete schedules).
         x: the current estimate (detached; RED-diff's ``mu``, a sampler's ``x0`` prediction).
         losses: scalar loss terms by name (e.g. ``{"loss": ..., "reg": ..., "obs": ...}``).
+        note: a one-line remark of the solver at this step, else None (RED-diff at step 0: the start it chose
+            itself for an operator without an estimate of its own).
     """
 
     step: int
@@ -93,6 +95,7 @@ class StepInfo:
     t: int | float
     x: torch.Tensor
     losses: dict[str, float] = field(default_factory=dict)
+    note: str | None = None
 
 
 Callback = Callable[[StepInfo], None]

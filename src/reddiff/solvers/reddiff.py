@@ -169,24 +169,30 @@ class RedDiff(Solver):
 
     def initial_estimate(self, problem: Problem, generators: list[torch.Generator]) -> torch.Tensor:
         """The starting ``mu`` according to ``init``."""
+        return self.start(problem, generators)[0]
+
+    def start(self, problem: Problem, generators: list[torch.Generator]) -> tuple[torch.Tensor, str | None]:
+        """The starting ``mu`` according to ``init``, and a one-line note when RED-diff chose the start itself: an
+        operator with neither ``A_dagger`` nor an estimate of its own starts from its
+        :meth:`~reddiff.operators.Operator.fallback_estimate`."""
         op, y = problem.operator, problem.y
         if self.init == "zeros":
-            return torch.zeros(problem.x_shape, dtype=y.dtype, device=y.device)
+            return torch.zeros(problem.x_shape, dtype=y.dtype, device=y.device), None
         if self.init == "random":
-            return randn_like_per_sample(torch.empty(problem.x_shape, dtype=y.dtype, device=y.device), generators)
+            empty = torch.empty(problem.x_shape, dtype=y.dtype, device=y.device)
+            return randn_like_per_sample(empty, generators), None
         if self.init == "adjoint":
             if not isinstance(op, LinearOperator):
                 raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} is not linear")
-            return op.A_adjoint(y)
+            return op.A_adjoint(y), None
         est = op.classical_estimate(y) if self.init == "classical" else None
         if est is None:
             est = op.inverse_estimate(y)
-        if est is None:
-            raise SolverError(
-                f"RED-diff init {self.init!r} needs A_dagger or initial_estimate; operator {op.task!r} has neither "
-                "(use init='zeros' or 'random')"
-            )
-        return est
+        if est is not None:
+            return est, None
+        est, what = op.fallback_estimate(y)
+        return est, (f"operator {op.task!r} has no A_dagger or initial_estimate: RED-diff starts from {what} "
+                     "(--init zeros or --init random chooses another start)")
 
     # -- Algorithm 1 ---------------------------------------------------------------------------------------------
     def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
@@ -204,7 +210,8 @@ class RedDiff(Solver):
         )
 
         with torch.no_grad(), step_context(self.label, -1, self.steps, timesteps[0].item()):
-            mu0 = self.initial_estimate(problem, gens).detach().clone()
+            mu0, note = self.start(problem, gens)
+            mu0 = mu0.detach().clone()
         check_finite(self.label, 0, timesteps[0].item(), mu0, "initial estimate", "check the measurement")
         mu = torch.nn.Parameter(mu0)
         opt_cls = resolve_optimizer(self.optimizer)
@@ -260,6 +267,7 @@ class RedDiff(Solver):
                             "obs": float(obs.detach().sum()),
                             "weight": w_t,
                         },
+                        note=note if i == 0 else None,
                     )
                 )
         out = mu.detach()
