@@ -154,7 +154,46 @@ def test_bad_diffusers_folders_are_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="rescale_betas_zero_snr") as err:
         load_prior(f"diffusers:{folder2}", progress=False)
     cases.append(err)
+    # scheduler configs that would load silently wrong, or that diffusers itself rejects with a traceback
+    sched_file = folder2 / "scheduler" / "scheduler_config.json"
+    good = {**json.loads(sched_file.read_text()), "rescale_betas_zero_snr": False}
+    for change, needle in (
+        ({"thresholding": True}, "thresholding"),
+        ({"clip_sample": True, "clip_sample_range": 2.0}, "clip_sample_range 2"),
+        ({"trained_betas": [0.5] * 999 + [1.0]}, "strictly between 0 and 1"),
+        ({"trained_betas": [0.01] * 10}, "must be 1000 numbers"),
+        ({"trained_betas": ["a"]}, "malformed"),
+        ({"num_train_timesteps": "x"}, "malformed"),
+        ({"beta_schedule": "laplace"}, "beta_schedule 'laplace' is not supported"),
+        ({"_class_name": "__version__"}, "scheduler __version__ is not supported"),
+    ):
+        sched_file.write_text(json.dumps({**good, **change}))
+        with pytest.raises(CheckpointError, match=needle) as err:
+            load_prior(f"diffusers:{folder2}", progress=False)
+        cases.append(err)
+    for text in ("{not json", "[1, 2]"):
+        sched_file.write_text(text)
+        with pytest.raises(CheckpointError, match="scheduler_config.json") as err:
+            load_prior(f"diffusers:{folder2}", progress=False)
+        cases.append(err)
     assert all("\n" not in str(e.value) for e in cases)
+
+
+def test_euler_continuous_timesteps_feed_the_network_its_log_sigma(tmp_path):
+    """diffusers' EulerDiscreteScheduler(timestep_type="continuous") gives a v-prediction network 0.25 log(sigma_t)."""
+    sched = diffusers.EulerDiscreteScheduler(prediction_type="v_prediction", timestep_type="continuous")
+    folder = save_pipeline(tmp_path / "pipe", sched)
+    prior = load_prior(f"diffusers:{folder}", progress=False)
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet")
+    x_t = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([30, 800])
+    abar = prior.schedule.abar[t].reshape(-1, 1, 1, 1)
+    sigma = ((1 - abar) / abar).sqrt()
+    with torch.no_grad():
+        v = unet(x_t, (0.25 * sigma.log()).reshape(-1).float()).sample.double()
+        eps = abar.sqrt() * v + (1 - abar).sqrt() * x_t.double()  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+        ours = prior.eps(x_t, t)
+    assert rel(ours.double(), eps) <= 1e-5
 
 
 def test_hub_ids_come_from_the_cache_offline_and_name_it_when_missing(tmp_path, monkeypatch):

@@ -116,6 +116,15 @@ def test_the_export_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "exists; pass --overwrite" in err
     assert (out / "unet" / "config.json").stat().st_mtime_ns == stamp
+    # --overwrite replaces a pipeline folder only
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    assert main(["export", "--prior", "bundled", "--output", str(tmp_path / "notes"), "--overwrite"]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    assert main(["export", "--prior", "bundled", "--output", str(out), "--overwrite"]) == 0
+    assert (out / "unet" / "config.json").stat().st_mtime_ns != stamp and not list(tmp_path.glob(".*"))
+    capsys.readouterr()
     # a prior that is not an ADM: one line, nothing written
     assert main(["export", "--prior", f"diffusers:{out}", "--output", str(tmp_path / "again")]) == 2
     err = capsys.readouterr().err

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from reddiff import DDIM, DDRM, DPS, PiGDM, Problem, RedDiff
+from reddiff.errors import ReddiffError
 from reddiff.operators.matrix import MatrixOperator
 from reddiff.prediction import PREDICTIONS, from_eps_x0, to_eps_x0
 from reddiff.schedule import (
@@ -148,6 +149,31 @@ def test_timestep_spacings_match_diffusers_conventions():
     assert vp.timesteps(10, spacing="trailing").tolist() == list(range(999, 0, -100))
     assert vp.timesteps(10).tolist()[0] == 999 and vp.timesteps(10).tolist()[-1] == 0
     assert vp.timesteps(3, spacing="leading").tolist() == [666, 333, 0]
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_more_steps_than_timesteps_repeat_each_timestep_evenly(spacing):
+    """RED-diff may take more steps than there are timesteps below t_max: every timestep in 0 .. t_max is visited,
+    in order, once or a few times, never below 0 or bunched at t_max."""
+    ts = VPSchedule().timesteps(100, t_max=10, allow_repeats=True, spacing=spacing)
+    assert ts.min() == 0 and ts.max() == 10 and (ts[:-1] >= ts[1:]).all()
+    counts = torch.bincount(ts, minlength=11)
+    assert (counts >= 1).all() and counts.max() <= 2 * counts.float().mean() + 1, counts.tolist()
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda: FlowSchedule(t_max=1.0), "t_max < 1"),
+    (lambda: EDMSchedule(sigma_min=0.0), "0 < sigma_min"),
+    (lambda: VPContinuousSchedule(t_min=0.9, t_max=0.1), "0 < t_min < t_max"),
+    (lambda: EDMSchedule(rho=0.0), "rho must be > 0"),
+    (lambda: VPContinuousSchedule(beta_min=-1.0), "beta_min"),
+    (lambda: schedule_from_dict({"family": "vp", "num_timesteps": "abc"}), "bad vp schedule"),
+    (lambda: schedule_from_dict({"family": "flow", "kind": "tabulated"}), "bad flow schedule"),
+], ids=["flow t=1", "edm sigma 0", "reversed", "rho", "negative beta", "vp text", "table without alpha"])
+def test_schedules_that_leave_no_signal_or_no_noise_are_refused(make, needle):
+    with pytest.raises(ReddiffError, match=needle) as err:
+        make()
+    assert "\n" not in str(err.value)
 
 
 def test_a_noise_level_carries_over_between_schedules():

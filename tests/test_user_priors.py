@@ -67,6 +67,20 @@ def fails_inside():
     def net(x, t):
         raise ValueError("the GPU caught fire")
     return _ok(net)
+
+def scalar_output():
+    return _ok(lambda x, t: x.sum())
+
+def bad_network_time():
+    return {**_ok(lambda x, t: x), "network_time": 1000}
+
+def bad_range():
+    return {**_ok(lambda x, t: x), "data_range": (0, 1, 2)}
+
+def bad_multiple():
+    net = lambda x, t: x  # noqa: E731
+    net.size_multiple = "eight"
+    return _ok(net)
 '''
 
 
@@ -105,6 +119,9 @@ def test_every_declared_kind_of_user_prior_loads_and_solves(modules):
     ("bad_schedule", ["'schedule' must be a reddiff.schedule.NoiseSchedule"]),
     ("bare_denoiser", ["must say its data range"]),
     ("missing", ["has no function 'missing'"]),
+    ("bad_network_time", ["network_time must be a function", "got int"]),
+    ("bad_range", ["data_range must be two finite numbers"]),
+    ("bad_multiple", ["size_multiple must be a positive integer"]),
 ])
 def test_broken_user_priors_are_one_line_at_load(modules, name, needles):
     with pytest.raises(CheckpointError) as err:
@@ -112,6 +129,12 @@ def test_broken_user_priors_are_one_line_at_load(modules, name, needles):
     assert "\n" not in str(err.value) and "broken.py" in str(err.value)
     for n in needles:
         assert n in str(err.value)
+
+
+def test_a_module_under_the_home_folder(modules, monkeypatch):
+    monkeypatch.setenv("HOME", str(modules))
+    prior = load_prior("~/good.py:as_dict")
+    assert prior.info["route"] == "user" and len(prior.info["sha256"]) == 64
 
 
 def test_unloadable_user_modules(modules):
@@ -124,6 +147,7 @@ def test_unloadable_user_modules(modules):
 @pytest.mark.parametrize("name, needles", [
     ("wrong_shape", ["returned [1, 3, 16, 16] for an input [1, 3, 32, 32]", "RED-diff step 1 of 2"]),
     ("nan_output", ["returned NaN or Inf"]),
+    ("scalar_output", ["returned [] for an input [1, 3, 32, 32]"]),
     ("fails_inside", ["ValueError: the GPU caught fire", "RED-diff step 1 of 2"]),
 ])
 def test_broken_user_networks_are_one_line_in_a_run(capsys, modules, tmp_path, small_image, name, needles):

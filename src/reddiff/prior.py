@@ -48,8 +48,9 @@ class DiffusionPrior(nn.Module):
             default), or None when the data are unbounded. ``E[x0 | x_t]`` lies within the same bounds, so samplers
             may clip their Tweedie estimates to them (ΠGDM does by default).
         prediction: what the network predicts (default ``epsilon``).
-        network_time: maps the schedule's times to the network's time input (default: unchanged; e.g. ``t * 1000``
-            for diffusers' flow models).
+        network_time: maps the schedule's times (for ``edm``: the noise level ``sigma / alpha``) to the network's
+            time input (default: unchanged; e.g. ``t * 1000`` for diffusers' flow models, ``log(sigma) / 4`` for
+            an EDM network that takes c_noise).
         clip_denoised: clamp ``x0`` to ``data_range`` in :meth:`predict` and recompute ``eps`` from it (diffusers'
             ``clip_sample`` as its DDPM scheduler and ADM apply it; diffusers' DDIM scheduler keeps the unclipped
             ``eps`` unless ``use_clipped_model_output``).
@@ -76,10 +77,16 @@ class DiffusionPrior(nn.Module):
         self.network_time = network_time
         self.info: dict[str, Any] = dict(info or {})
         if data_range is not None:
-            low, high = (float(v) for v in data_range)
+            try:
+                low, high = (float(v) for v in data_range)
+            except (TypeError, ValueError):
+                low = high = math.nan
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise ReddiffError(f"data_range must be two finite numbers low < high or None, got {data_range!r}")
             data_range = (low, high)
+        if network_time is not None and not callable(network_time):
+            raise ReddiffError(f"network_time must be a function of the schedule's time or None, got "
+                               f"{type(network_time).__name__}")
         self.data_range: tuple[float, float] | None = data_range
         self.clip_denoised = bool(clip_denoised)
         if self.clip_denoised and data_range is None:
@@ -161,8 +168,9 @@ class DiffusionPrior(nn.Module):
         alpha, sigma = self._levels(times, x_t)
         scale = (alpha * alpha + sigma * sigma).sqrt()
         x_fam = x_t.to(torch.float64) * scale
-        time = self.network_time(times) if self.network_time is not None else times
-        x_in, time = network_input(self.prediction, x_fam, alpha, sigma, time)
+        x_in, time = network_input(self.prediction, x_fam, alpha, sigma, times)
+        if self.network_time is not None:
+            time = self.network_time(time)
         out = self._call(x_in.to(x_t.dtype), time, x_t)
         eps, x0 = to_eps_x0(self.prediction, out.to(torch.float64), x_fam, alpha, sigma)
         return eps.to(x_t.dtype), x0.to(x_t.dtype)

@@ -165,12 +165,14 @@ class _Discrete(NoiseSchedule):
             raise ReddiffError(f"t_max must be between 0 and {self.num_timesteps - 1}, got {t_max}")
         if int(num_steps) < 1 or (int(num_steps) > top + 1 and not allow_repeats):
             raise ReddiffError(f"steps must be between 1 and {top + 1}, got {num_steps}")
-        if spacing == "leading":
-            k = max((top + 1) // num_steps, 1)
-            ts = (torch.arange(num_steps, dtype=torch.int64) * k).clamp(max=top)
+        i = torch.arange(num_steps, dtype=torch.int64)
+        if spacing == "leading" and num_steps <= top + 1:
+            ts = i * ((top + 1) // num_steps)
+        elif spacing == "leading":  # more steps than timesteps: each timestep visited once or twice in a row
+            ts = i * (top + 1) // num_steps
         elif spacing == "trailing":
             k = (top + 1) / num_steps
-            ts = (torch.round(torch.arange(top + 1, 0, -k, dtype=torch.float64)[:num_steps]).long() - 1).flip(0)
+            ts = (torch.round(top + 1 - i.double() * k).long() - 1).clamp(0, top).flip(0)
         elif num_steps == 1:
             ts = torch.tensor([top], dtype=torch.int64)
         else:
@@ -307,13 +309,27 @@ class _Continuous(NoiseSchedule):
     def timesteps(self, num_steps: int, order: str = "descending", generator: torch.Generator | None = None,
                   t_max: float | None = None, allow_repeats: bool = False,
                   spacing: str = "linspace") -> torch.Tensor:
-        """``num_steps`` float64 times from ``t_max`` (default the schedule's) down to ``t_min``, in ``order``."""
+        """``num_steps`` float64 times from ``t_max`` (default the schedule's) down to ``t_min``, in ``order``.
+
+        A continuous schedule has one grid (uniform in ``t``; EDM's ``rho`` rule): ``spacing`` names a discrete
+        schedule's respacing and is accepted for the same call, and repeats never arise."""
+        if spacing not in TIMESTEP_SPACINGS:
+            raise ReddiffError(f"unknown timestep spacing {spacing!r}; accepted: {', '.join(TIMESTEP_SPACINGS)}")
         top = self.t_max if t_max is None else float(t_max)
         if not self.t_min <= top <= self.t_max:
             raise ReddiffError(f"t_max must be between {self.t_min:g} and {self.t_max:g}, got {t_max}")
         if int(num_steps) < 1:
             raise ReddiffError(f"steps must be >= 1, got {num_steps}")
         return _order(self.grid(int(num_steps), top), order, generator)
+
+
+def _check_times(low: float, high: float, name: str, below: float | None = None) -> None:
+    """``0 < low < high`` (``< below``): the interval a continuous schedule's times live in."""
+    bound = f" < {below:g}" if below is not None else ""
+    ok = all(isinstance(v, int | float) and math.isfinite(v) for v in (low, high)) and 0 < low < high
+    if not ok or (below is not None and high >= below):
+        raise ReddiffError(f"{name}_min and {name}_max must satisfy 0 < {name}_min < {name}_max{bound} "
+                           f"(both signal and noise must be left at the ends), got {low}, {high}")
 
 
 @dataclass(frozen=True)
@@ -327,6 +343,12 @@ class VPContinuousSchedule(_Continuous):
     t_max: float = 1.0
 
     family = "vp-continuous"
+
+    def __post_init__(self) -> None:
+        _check_times(self.t_min, self.t_max, "t")
+        if not 0 <= self.beta_min <= self.beta_max or self.beta_max <= 0:
+            raise ReddiffError(f"VP SDE betas must satisfy 0 <= beta_min <= beta_max, beta_max > 0; got "
+                               f"{self.beta_min}, {self.beta_max}")
 
     def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64)
@@ -349,6 +371,11 @@ class EDMSchedule(_Continuous):
     rho: float = 7.0
 
     family = "ve"
+
+    def __post_init__(self) -> None:
+        _check_times(self.sigma_min, self.sigma_max, "sigma")
+        if not self.rho > 0:
+            raise ReddiffError(f"EDM's rho must be > 0, got {self.rho}")
 
     @property
     def t_min(self) -> float:  # type: ignore[override]
@@ -383,6 +410,9 @@ class FlowSchedule(_Continuous):
 
     family = "flow"
 
+    def __post_init__(self) -> None:
+        _check_times(self.t_min, self.t_max, "t", below=1.0)
+
     def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64)
         return 1.0 - t, t
@@ -395,12 +425,12 @@ def schedule_from_dict(data: dict[str, Any]) -> NoiseSchedule:
     """The schedule a :meth:`NoiseSchedule.to_dict` describes."""
     d = dict(data)
     family = d.pop("family", "vp")
-    if d.get("kind") == "tabulated":
-        return TabulatedSchedule(d["alpha"], d["sigma"], family)
     classes = {"vp": VPSchedule, "vp-continuous": VPContinuousSchedule, "ve": EDMSchedule, "flow": FlowSchedule}
     if family not in classes:
         raise ReddiffError(f"unknown schedule family {family!r}; accepted: {', '.join(classes)}")
     try:
+        if d.get("kind") == "tabulated":
+            return TabulatedSchedule(d["alpha"], d["sigma"], family)
         return classes[family](**d)
-    except TypeError as exc:
-        raise ReddiffError(f"bad {family} schedule settings {d}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ReddiffError(f"bad {family} schedule settings {d}: {type(exc).__name__}: {exc}") from None

@@ -116,11 +116,22 @@ def resolve_diffusers_folder(spec: str, progress: bool = True) -> Path:
     return Path(folder)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a damaged or non-object file is one CheckpointError."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def _components(folder: Path) -> tuple[Path, Path]:
     """``(unet folder, scheduler folder)`` of a pipeline or model folder."""
     if (folder / "model_index.json").is_file():
         unet, sched = folder / "unet", folder / "scheduler"
-        index = json.loads((folder / "model_index.json").read_text())
+        index = _read_json(folder / "model_index.json")
         if "unet" not in index:
             raise CheckpointError(f"{folder} is a diffusers pipeline without a unet "
                                   f"(it has: {', '.join(k for k in index if not k.startswith('_'))})")
@@ -155,9 +166,24 @@ def scheduler_settings(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("rescale_betas_zero_snr"):
         raise CheckpointError("rescale_betas_zero_snr is not supported: its last timestep has no signal (infinite "
                               "noise-to-signal ratio)")
-    n = int(config.get("num_train_timesteps", 1000))
-    if config.get("trained_betas") is not None:
-        betas = torch.as_tensor(config["trained_betas"], dtype=torch.float32)
+    if config.get("thresholding"):
+        raise CheckpointError("thresholding (dynamic thresholding of the clean estimate) is not supported; a "
+                              "scheduler config with thresholding false, or clip_sample, is")
+    try:
+        n = int(config.get("num_train_timesteps", 1000))
+        clip_range = float(config.get("clip_sample_range", 1.0))
+        if config.get("trained_betas") is not None:
+            betas = torch.as_tensor(config["trained_betas"], dtype=torch.float32).flatten()
+        else:
+            betas = None
+            beta_range = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    except (TypeError, ValueError):
+        raise CheckpointError("the scheduler config has a malformed num_train_timesteps, clip_sample_range, "
+                              "beta_start, beta_end or trained_betas (numbers expected)") from None
+    if betas is not None:
+        if len(betas) != n or not bool(((betas > 0) & (betas < 1)).all()):
+            raise CheckpointError(f"trained_betas must be {n} numbers (num_train_timesteps) strictly between 0 and 1, "
+                                  f"got {len(betas)} in [{float(betas.min()):g}, {float(betas.max()):g}]")
         abar = torch.cumprod(1 - betas, 0).to(torch.float64)
         schedule: Any = TabulatedSchedule(abar.sqrt(), (1 - abar).sqrt(), "vp")
     else:
@@ -165,16 +191,33 @@ def scheduler_settings(config: dict[str, Any]) -> dict[str, Any]:
         if kind is None:
             raise CheckpointError(f"beta_schedule {config.get('beta_schedule')!r} is not supported; accepted: "
                                   f"{', '.join(_BETAS)}")
-        schedule = VPSchedule(kind, n, float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02)),
-                              float32=True)  # the table diffusers trains and samples with
+        schedule = VPSchedule(kind, n, *beta_range, float32=True)  # the table diffusers trains and samples with
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "sample", "v_prediction"):
         raise CheckpointError(f"prediction_type {prediction!r} is not supported; accepted: epsilon, sample, "
                               "v_prediction")
+    clip = bool(config.get("clip_sample", False))
+    if clip and clip_range != 1.0:
+        raise CheckpointError(f"clip_sample_range {clip_range:g} is not supported: reddiff clips the clean estimate "
+                              "to the image range [-1, 1] (clip_sample_range 1) or not at all")
     learned = config.get("variance_type") in ("learned", "learned_range")
-    return {"schedule": schedule, "prediction": prediction, "learned_sigma": learned,
-            "clip_denoised": bool(config.get("clip_sample", False)) and float(config.get("clip_sample_range", 1)) == 1,
-            "network_time": None}
+    network_time = None
+    if name == "EulerDiscreteScheduler" and config.get("timestep_type") == "continuous" and \
+            prediction == "v_prediction":  # diffusers feeds such a network 0.25 log(sigma_t), not t
+        network_time = _LogSigma(schedule)
+    return {"schedule": schedule, "prediction": prediction, "learned_sigma": learned, "clip_denoised": clip,
+            "network_time": network_time}
+
+
+class _LogSigma:
+    """``t -> 0.25 log(sigma_t / alpha_t)`` at a discrete schedule's integer times (diffusers' continuous Euler
+    timesteps for v-prediction models)."""
+
+    def __init__(self, schedule: Any) -> None:
+        self.table = 0.25 * torch.log(((1 - schedule.abar) / schedule.abar).sqrt())
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return self.table.to(t.device)[t.long()].to(torch.float32)
 
 
 class _Scaled:
@@ -201,7 +244,7 @@ def load_diffusers_prior(spec: str, device: torch.device | str | None = None, pr
     diffusers = _diffusers()
     folder = resolve_diffusers_folder(spec, progress)
     unet_dir, sched_dir = _components(folder)
-    config = json.loads((unet_dir / "config.json").read_text())
+    config = _read_json(unet_dir / "config.json")
     if config.get("_class_name") != "UNet2DModel":
         raise CheckpointError(f"{unet_dir} holds a {config.get('_class_name')!r}; diffusers pixel priors are "
                               "UNet2DModel (latent and text-conditioned models are not supported yet)")
@@ -211,10 +254,16 @@ def load_diffusers_prior(spec: str, device: torch.device | str | None = None, pr
         what = f"only pickled weights ({', '.join(pickled)}), which reddiff never loads" if pickled else "no weights"
         raise CheckpointError(f"{unet_dir} has {what}; save the model with safetensors (save_pretrained does by "
                               "default)")
-    sched_config = json.loads((sched_dir / "scheduler_config.json").read_text())
-    sched_cls = getattr(diffusers, str(sched_config.get("_class_name", "")), None)
+    sched_config = _read_json(sched_dir / "scheduler_config.json")
+    name = str(sched_config.get("_class_name", ""))
+    scheduler_settings(sched_config)  # reddiff's one-line refusals before diffusers reads the config
+    sched_cls = getattr(diffusers, name, None)
     if sched_cls is not None:  # complete the saved config with the scheduler's own defaults
-        sched_config = {**dict(sched_cls.from_config(sched_config).config), "_class_name": sched_cls.__name__}
+        try:
+            sched_config = {**dict(sched_cls.from_config(sched_config).config), "_class_name": name}
+        except Exception as exc:  # noqa: BLE001 - diffusers rejects a bad config with many types
+            raise CheckpointError(f"diffusers cannot read {sched_dir / 'scheduler_config.json'}: "
+                                  f"{one_line(exc)}") from None
     settings = scheduler_settings(sched_config)
     try:
         unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True, low_cpu_mem_usage=False)
@@ -225,7 +274,10 @@ def load_diffusers_prior(spec: str, device: torch.device | str | None = None, pr
     if settings["learned_sigma"] and int(unet.config.out_channels) != 2 * network.in_channels:
         raise CheckpointError(f"the scheduler says learned variances but the UNet has {unet.config.out_channels} "
                               f"output channels for {network.in_channels} input channels")
-    info = {"name": f"{PREFIX}{spec}", "path": str(folder), "route": "diffusers", "sha256": file_sha256(weights[0]),
+    # what from_pretrained reads: the plain weights file, or the index of a sharded one
+    loaded = next((p for p in (unet_dir / "diffusion_pytorch_model.safetensors",
+                               unet_dir / "diffusion_pytorch_model.safetensors.index.json") if p.is_file()), weights[0])
+    info = {"name": f"{PREFIX}{spec}", "path": str(folder), "route": "diffusers", "sha256": file_sha256(loaded),
             "config": dict(unet.config), "scheduler": {k: v for k, v in sched_config.items() if not k.startswith("_")
                                                        or k == "_class_name"},
             "learned_sigma": settings["learned_sigma"]}

@@ -222,6 +222,9 @@ def export_diffusers(prior: Any, folder: str | Path, overwrite: bool = False) ->
                            f"prior's network is {type(network).__name__}")
     if folder.exists() and not overwrite:
         raise ReddiffError(f"{folder} exists; pass --overwrite to replace it")
+    if folder.exists() and not (folder / "model_index.json").is_file():
+        raise ReddiffError(f"{folder} exists and is not a diffusers pipeline folder; --overwrite replaces only those, "
+                           "choose another --output")
     diffusers = _diffusers()
     scheduler = diffusers.DDPMScheduler(**scheduler_config_of(prior))
     unet = adm_to_unet2d(network)
@@ -235,9 +238,14 @@ def export_diffusers(prior: Any, folder: str | Path, overwrite: bool = False) ->
             presets = {**presets, "provenance": {**presets.get("provenance", {}),
                                                  "exported_from": prior.info.get("name") or prior.info.get("path")}}
             write_json(presets, presets_path(tmp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        if folder.exists():  # a pipeline folder (checked above): set it aside, put the new one, then delete it
+            old = folder.parent / f".{folder.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

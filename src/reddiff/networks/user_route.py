@@ -17,6 +17,7 @@ output stops the run with one line naming the module (and the solver step).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,14 +46,18 @@ class GuardedNetwork(nn.Module):
         self.where = where
         multiple = getattr(network, "size_multiple", None)
         if multiple is not None:
-            self.size_multiple = int(multiple)
+            if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+                raise CheckpointError(f"user prior {where}: size_multiple must be a positive integer, got "
+                                      f"{multiple!r}")
+            self.size_multiple = multiple
 
     def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         try:
             out = self.inner(x, time)
         except Exception as exc:  # noqa: BLE001 - any error of user code becomes one clear message
             raise UserCodeError(f"user prior {self.where}: its network raised {type(exc).__name__}: {exc}") from exc
-        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:]:
+        if not isinstance(out, torch.Tensor) or out.dim() != x.dim() or out.shape[0] != x.shape[0] or \
+                out.shape[2:] != x.shape[2:]:
             got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UserCodeError(f"user prior {self.where}: its network returned {got} for an input "
                                 f"{list(x.shape)}; it must return a tensor shaped like its input")
@@ -77,7 +82,7 @@ def load_user_prior(spec: str, device: torch.device | str | None = None) -> Any:
         made = factory()
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"user prior {where}: {func_name}() raised {type(exc).__name__}: {exc}") from None
-    source = spec.strip().rpartition(":")[0]
+    source = str(Path(spec.strip().rpartition(":")[0]).expanduser())
     info = {"name": spec.strip(), "route": "user", "path": None,
             "sha256": file_sha256(source) if source.lower().endswith(".py") else None}
     if isinstance(made, DiffusionPrior):
@@ -113,9 +118,13 @@ def _prior(cls: type, network: nn.Module, schedule: Any, settings: dict[str, Any
            info: dict[str, Any]) -> Any:
     from ..errors import ReddiffError
 
+    network_time = settings.get("network_time")
+    if network_time is not None and not callable(network_time):
+        raise CheckpointError(f"user prior {where}: network_time must be a function of the schedule's time or None, "
+                              f"got {type(network_time).__name__}")
     try:
         return cls(network, schedule, learned_sigma=bool(settings.get("learned_sigma", False)), info=info,
                    data_range=settings["data_range"], prediction=settings["prediction"],
-                   network_time=settings.get("network_time"))
+                   network_time=network_time)
     except ReddiffError as exc:
         raise CheckpointError(f"user prior {where}: {exc}") from None
