@@ -215,6 +215,10 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise", default="gaussian", metavar="MODEL",
                    help="measurement noise: gaussian (level --sigma-y) or poisson:PEAK (photon count of a white "
                    "pixel; leave --sigma-y at 0) (default: %(default)s)")
+    g.add_argument("--outliers", type=number(float, minimum=0.0, what="--outliers"), default=0.0, metavar="FRACTION",
+                   help="also replace this fraction of the simulated measurement's entries by salt-and-pepper "
+                   "outliers (-1 or +1, 0 <= FRACTION < 1); the solver is not told (see --robust) "
+                   "(default: %(default)s)")
     g.add_argument("--seed", type=NONNEG_INT, default=0,
                    help="base seed; each image gets its own seeds derived from it and its file name, so results do "
                    "not depend on the folder or the batch (default: %(default)s)")
@@ -222,9 +226,15 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
 
 def noise_from_args(args: argparse.Namespace) -> Any:
     """The noise model of ``--noise`` at ``--sigma-y`` (0..1 pixel units, converted to [-1, 1] units here, once)."""
-    from ..noise import parse_noise
+    from ..noise import Outliers, parse_noise
 
-    return parse_noise(args.noise, 2.0 * args.sigma_y)
+    noise = parse_noise(args.noise, 2.0 * args.sigma_y)
+    outliers = getattr(args, "outliers", 0.0)
+    if outliers:
+        if getattr(args, "measurement", None) is not None:
+            raise ReddiffError("--outliers corrupts simulated measurements; a given --measurement has its own")
+        noise = Outliers(noise, outliers)
+    return noise
 
 
 def add_run_args(p: argparse.ArgumentParser) -> Any:

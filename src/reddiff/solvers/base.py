@@ -17,7 +17,7 @@ import torch
 from ..errors import SolverError, UserCodeError
 from ..noise import GaussianNoise, NoiseModel
 from ..operators.base import LinearOperator, Operator, SVDOperator
-from ..params import HyperParam, check_value, hyperparams
+from ..params import HyperParam, check_value, hyper, hyperparams
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prior import DiffusionPrior
@@ -27,6 +27,23 @@ __all__ = ["Problem", "StepInfo", "Callback", "Solver", "Sampler", "SampleContex
 
 GeneratorLike = torch.Generator | Sequence[torch.Generator] | int | None
 
+
+
+def robust_field() -> Any:
+    """The ``robust`` field of the solvers with a data term (one definition; checked by :func:`check_robust`)."""
+    return hyper("none", "robust data term: none (the noise model's likelihood), huber[:δ] or cauchy[:δ] (δ in 0..1 "
+                 "pixel units, default 0.05): residuals beyond δ, such as outliers, pull less")
+
+
+def check_robust(solver: Any) -> None:
+    """One line for a bad ``robust`` setting of ``solver``."""
+    from ..errors import ReddiffError
+    from ..noise import parse_robust
+
+    try:
+        parse_robust(solver.robust)
+    except ReddiffError as exc:
+        raise SolverError(f"{solver.label}: {exc}") from None
 
 @dataclass(frozen=True)
 class Problem:

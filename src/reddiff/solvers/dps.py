@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..noise import robust_noise
 from ..params import Range, hyper
-from .base import SampleContext, Sampler
+from .base import SampleContext, Sampler, check_robust, robust_field
 from .ddim import ETA_HELP, STEPS, UNIT, spacing_field
 
 __all__ = ["DPS"]
@@ -39,9 +40,13 @@ class DPS(Sampler):
                         range=Range(low=0.0))
     eta: float = hyper(1.0, ETA_HELP, range=UNIT)
     timestep_spacing: str = spacing_field()
+    robust: str = robust_field()
 
     name = "dps"
     label = "DPS"
+
+    def normalize(self) -> None:
+        check_robust(self)
 
     @property
     def hint(self) -> str:  # type: ignore[override]
@@ -54,7 +59,7 @@ class DPS(Sampler):
             # 1. Tweedie estimate, keeping the graph through the network
             eps, x0 = ctx.prior.predict(x_in, t)
             # 2. residual norm per sample, and its gradient w.r.t. x_t (not w.r.t. the network's weights)
-            norm = problem.noise.residual_norm(problem.y, problem.operator.A(x0))
+            norm = robust_noise(self.robust, problem.noise).residual_norm(problem.y, problem.operator.A(x0))
             (grad,) = torch.autograd.grad(norm.sum(), x_in)
         # 3. unconditional ancestral / DDIM step
         x_prev = self.ddim_update(ctx, x0.detach(), eps.detach(), a_t, a_prev)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import SolverError
-from ..noise import GaussianNoise
+from ..noise import GaussianNoise, Robust, robust_noise
 from ..operators.base import LinearOperator
 from ..params import Range, hyper
 from ..schedule import TIMESTEP_ORDERS
@@ -30,8 +30,10 @@ from .base import (
     Solver,
     StepInfo,
     check_finite,
+    check_robust,
     per_sample_generators,
     randn_like_per_sample,
+    robust_field,
     step_context,
 )
 from .ddim import spacing_field
@@ -138,11 +140,13 @@ class RedDiff(Solver):
     data_term: str = hyper("mean", "mean (both terms averaged, the reference normalisation) or paper "
                            "(the likelihood's sums, ||y - A(mu)||^2 / (2 sigma_y^2))", choices=DATA_TERMS)
     clip_x0: bool = hyper(False, "clamp the returned estimate to the prior's data range ([-1, 1] for images)")
+    robust: str = robust_field()
 
     name = "reddiff"
     label = "RED-diff"
 
     def normalize(self) -> None:
+        check_robust(self)
         if isinstance(self.optimizer, str):
             resolve_optimizer(self.optimizer)
             object.__setattr__(self, "optimizer", self.optimizer.lower())
@@ -185,11 +189,19 @@ class RedDiff(Solver):
             if not isinstance(op, LinearOperator):
                 raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} is not linear")
             return op.A_adjoint(y), None
+        note = None
+        noise = robust_noise(self.robust, problem.noise)
+        if isinstance(noise, Robust):  # a start that the outliers the robust term expects do not spoil
+            cleaned = noise.despeckle(y)
+            if cleaned is not y:
+                y = cleaned
+                note = ("robust data term: RED-diff starts from the measurement with entries that stand out from "
+                        "their 3x3 neighbourhood by more than delta replaced by its median")
         est = op.classical_estimate(y) if self.init == "classical" else None
         if est is None:
             est = op.inverse_estimate(y)
         if est is not None:
-            return est, None
+            return est, note
         est, what = op.fallback_estimate(y)
         return est, (f"operator {op.task!r} has no A_dagger or initial_estimate: RED-diff starts from {what} "
                      "(--init zeros or --init random chooses another start)")
@@ -198,7 +210,7 @@ class RedDiff(Solver):
     def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
                  callback: Callback | None = None) -> torch.Tensor:
         """Run RED-diff and return the estimate ``mu`` (see :meth:`Solver.__call__`)."""
-        noise = problem.noise
+        noise = robust_noise(self.robust, problem.noise)
         if self.data_term == "paper" and isinstance(noise, GaussianNoise) and noise.sigma_y <= 0:
             raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
         op, y = problem.operator, problem.y
