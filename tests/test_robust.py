@@ -56,7 +56,7 @@ def test_robust_specs_and_their_refusals():
     assert robust_noise("huber:0.02", GaussianNoise(0.1)).delta == pytest.approx(0.04)  # 0..1 -> [-1, 1] units
     base = GaussianNoise(0.1)
     assert robust_noise("none", base) is base
-    for bad in ("l1", "huber:0", "huber:x", "none:1"):
+    for bad in ("l1", "huber:0", "huber:x", "none:1", "huber:1e-200", "cauchy:5"):
         with pytest.raises(ReddiffError) as err:
             parse_robust(bad)
         assert "\n" not in str(err.value)
@@ -64,6 +64,9 @@ def test_robust_specs_and_their_refusals():
         robust_noise("huber", PoissonNoise(20))
     with pytest.raises(SolverError, match="RED-diff: unknown robust data term"):
         RedDiff(robust="tukey")
+    assert RedDiff(robust=" Huber:0.1").robust == "huber:0.1"  # one spelling, one settings fingerprint
+    with pytest.raises(ReddiffError, match="already has a robust data term"):
+        robust_noise("huber", robust_noise("cauchy", GaussianNoise(0.1)))
 
 
 def test_despeckle_replaces_isolated_spikes_only():
@@ -72,11 +75,36 @@ def test_despeckle_replaces_isolated_spikes_only():
     spiky = y.clone()
     spiky[0, 1, 3, 4] = 1.0
     spiky[0, 0, 6, 2] = -1.0
-    out = noise.despeckle(spiky)
-    assert (out - y).abs().max() < 0.1 and (out != spiky).sum() == 2
-    assert torch.equal(noise.despeckle(y), y)  # a smooth ramp keeps every value
+    out, replaced = noise.despeckle(spiky)
+    assert (out - y).abs().max() < 0.1 and (out != spiky).sum() == 2 == replaced
+    assert torch.equal(noise.despeckle(y)[0], y)  # a smooth ramp keeps every value
+    assert noise.despeckle(y)[1] == 0
     flat = torch.randn(2, 10)
-    assert noise.despeckle(flat) is flat
+    assert noise.despeckle(flat)[0] is flat
+
+
+def test_robust_starts_filter_pictures_only_and_notes_add_up():
+    """Phase retrieval's Fourier magnitudes are not a picture: no median filter there. An operator without any
+    estimate gets both notes when its start is despeckled too."""
+    from reddiff import make_operator
+    from reddiff.operators.user import CallableOperator
+    from reddiff.solvers.reddiff import RedDiff as RD
+
+    noise = Outliers(GaussianNoise(0.02), 0.05)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    phase = make_operator("phase-retrieval", (3, 16, 16))
+    y = noise.sample(phase.A(x), torch.Generator().manual_seed(1))
+    _, note = RD(robust="huber").start(Problem(y, phase, noise=noise), [torch.Generator().manual_seed(2)])
+    assert note is None
+    def cube_fn(v):
+        return v**3
+
+    cube_fn.measurement_is_image = True  # a user operator says its measurement is a picture
+    cube = CallableOperator(cube_fn, (3, 16, 16), (3, 16, 16), "cube")
+    y = noise.sample(cube.A(x), torch.Generator().manual_seed(1))
+    mu, note = RD(robust="huber").start(Problem(y, cube, noise=noise), [torch.Generator().manual_seed(2)])
+    assert "stood out from their 3x3 neighbourhood" in note and "has no A_dagger" in note
+    assert (mu.abs() == 1).float().mean() < (y.abs() == 1).float().mean() / 3  # most outliers are gone
 
 
 def test_robust_terms_restore_what_outliers_ruin(tmp_path):

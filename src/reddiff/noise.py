@@ -270,10 +270,16 @@ class Robust(NoiseModel):
 
     def __init__(self, base: NoiseModel, kind: str, delta: float) -> None:
         inner = base.base if isinstance(base, Outliers) else base
+        if isinstance(inner, Robust):
+            raise ReddiffError(f"the noise model {base.name} already has a robust data term; give it once")
         if not isinstance(inner, GaussianNoise):
             raise ReddiffError(f"robust data terms are for Gaussian noise; the noise model is {base.name}")
         if kind not in ("huber", "cauchy"):
             raise ReddiffError(f"unknown robust data term {kind!r}; accepted: huber, cauchy")
+        try:
+            delta = float(delta)
+        except (TypeError, ValueError):
+            delta = math.nan
         if not (math.isfinite(delta) and delta > 0):
             raise ReddiffError(f"the robust delta must be a number > 0, got {delta}")
         self.base, self.kind, self.delta = base, kind, float(delta)
@@ -294,16 +300,17 @@ class Robust(NoiseModel):
             return torch.where(a <= d, 0.5 * r * r, d * (a - 0.5 * d))
         return 0.5 * d * d * torch.log1p((r / d) ** 2)
 
-    def despeckle(self, y: Tensor) -> Tensor:
+    def despeckle(self, y: Tensor) -> tuple[Tensor, int]:
         """``y`` with the entries that stand out from their 3x3 neighbourhood by more than ``delta`` replaced by the
-        neighbourhood's median, for a robust start (image-shaped measurements ``[B, C, H, W]``, ``H, W >= 3``;
-        others are returned unchanged)."""
+        neighbourhood's median, and how many were replaced: a robust start for a measurement that is a picture
+        (``[B, C, H, W]``, ``H, W >= 3``; others are returned unchanged)."""
         if y.dim() != 4 or min(y.shape[-2:]) < 3:
-            return y
+            return y, 0
         padded = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate")
         patches = padded.unfold(2, 3, 1).unfold(3, 3, 1).reshape(*y.shape, 9)
         median = patches.median(dim=-1).values
-        return torch.where((y - median).abs() > self.delta, median, y)
+        wild = (y - median).abs() > self.delta
+        return torch.where(wild, median, y), int(wild.sum())
 
     def nll(self, y: Tensor, ax: Tensor) -> Tensor:
         return self.rho(y - ax).mean(dim=_dims(ax))
@@ -332,8 +339,9 @@ def parse_robust(spec: str) -> tuple[str, float | None]:
         delta = float(raw)
     except ValueError:
         delta = math.nan
-    if not (math.isfinite(delta) and delta > 0):
-        raise ReddiffError(f"bad robust data term {spec!r}: DELTA must be a number > 0 (0..1 pixel units)")
+    if not (math.isfinite(delta) and 1e-4 <= delta <= 1):
+        raise ReddiffError(f"bad robust data term {spec!r}: DELTA must be a number with 1e-4 <= DELTA <= 1 (0..1 "
+                           "pixel units; a smaller one ignores the data)")
     return kind, delta
 
 

@@ -217,8 +217,8 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
                    "pixel; leave --sigma-y at 0) (default: %(default)s)")
     g.add_argument("--outliers", type=number(float, minimum=0.0, what="--outliers"), default=0.0, metavar="FRACTION",
                    help="also replace this fraction of the simulated measurement's entries by salt-and-pepper "
-                   "outliers (-1 or +1, 0 <= FRACTION < 1); the solver is not told (see --robust) "
-                   "(default: %(default)s)")
+                   "outliers (-1 or +1, 0 <= FRACTION < 1; meant for measurements in pixel values); the solver is "
+                   "not told (see --robust) (default: %(default)s)")
     g.add_argument("--seed", type=NONNEG_INT, default=0,
                    help="base seed; each image gets its own seeds derived from it and its file name, so results do "
                    "not depend on the folder or the batch (default: %(default)s)")

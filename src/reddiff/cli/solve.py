@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
 
         records, notes = ranks.agree(compute)
         results = sorted(ranks.gather(done + records), key=lambda r: r["name"])
-        notes = ranks.gather(notes)
+        notes = list(dict.fromkeys(ranks.gather(notes)))  # each rank says the same solver notes
         if ranks.rank != 0:
             return 0
     summary: dict[str, Any] = {

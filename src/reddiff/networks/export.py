@@ -211,41 +211,55 @@ def export_diffusers(prior: Any, folder: str | Path, overwrite: bool = False) ->
         ReddiffError: the prior has no ADM network or no DDPM schedule (see :func:`adm_to_unet2d`), or ``folder``
             exists and ``overwrite`` is false.
     """
-    from ..io import write_json
-    from ..tools.presets import load_presets, presets_path
     from .diffusers_route import _diffusers
 
-    folder = Path(folder)
+    given, folder = folder, Path(folder).expanduser().resolve()
     network = getattr(prior, "network", None)
     if not isinstance(network, ADMUNet):
         raise ReddiffError(f"only ADM priors (bundled, named, guided-diffusion checkpoints) export to diffusers; this "
                            f"prior's network is {type(network).__name__}")
     if folder.exists() and not overwrite:
-        raise ReddiffError(f"{folder} exists; pass --overwrite to replace it")
-    if folder.exists() and not (folder / "model_index.json").is_file():
-        raise ReddiffError(f"{folder} exists and is not a diffusers pipeline folder; --overwrite replaces only those, "
-                           "choose another --output")
+        raise ReddiffError(f"{given} exists; pass --overwrite to replace it")
+    if folder.exists():
+        source = prior.info.get("path")
+        if not (folder / "model_index.json").is_file():
+            raise ReddiffError(f"{given} exists and is not a diffusers pipeline folder; --overwrite replaces only "
+                               "those, choose another --output")
+        if Path.cwd().resolve().is_relative_to(folder) or (source and Path(source).resolve().is_relative_to(folder)):
+            raise ReddiffError(f"{given} holds the current folder or the prior being exported; choose another --output")
+    if folder.parent.exists() and not folder.parent.is_dir():
+        raise ReddiffError(f"cannot write {given}: {folder.parent} is a file")
     diffusers = _diffusers()
     scheduler = diffusers.DDPMScheduler(**scheduler_config_of(prior))
     unet = adm_to_unet2d(network)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
-        presets = load_presets(prior.info.get("path"))
-        if presets is not None:  # the same network and schedule: the same presets
-            presets = {**presets, "provenance": {**presets.get("provenance", {}),
-                                                 "exported_from": prior.info.get("name") or prior.info.get("path")}}
-            write_json(presets, presets_path(tmp))
-        if folder.exists():  # a pipeline folder (checked above): set it aside, put the new one, then delete it
-            old = folder.parent / f".{folder.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write(diffusers, unet, scheduler, prior, folder, tmp)
+    except OSError as exc:
+        raise ReddiffError(f"cannot write {given}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _write(diffusers: Any, unet: Any, scheduler: Any, prior: Any, folder: Path, tmp: Path) -> None:
+    """Save the pipeline into ``tmp``, then put it in ``folder``'s place (a previous pipeline there goes)."""
+    from ..io import write_json
+    from ..tools.presets import load_presets, presets_path
+
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+    presets = load_presets(prior.info.get("path"))
+    if presets is not None:  # the same network and schedule: the same presets
+        presets = {**presets, "provenance": {**presets.get("provenance", {}),
+                                             "exported_from": prior.info.get("name") or prior.info.get("path")}}
+        write_json(presets, presets_path(tmp))
+    if folder.exists():  # a pipeline folder (checked above): set it aside, put the new one, then delete it
+        old = folder.parent / f".{folder.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)

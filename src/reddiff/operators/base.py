@@ -166,6 +166,10 @@ class Operator(nn.Module):
         ``A_dagger``)."""
         return self.initial_estimate(y)
 
+    #: Whether the measurement is itself a picture (blurred, downsampled, noisy, tone-mapped, compressed ...), on
+    #: which neighbouring entries are neighbouring pixels; robust starts filter only such measurements.
+    measurement_is_image: bool = False
+
     def fallback_estimate(self, y: Tensor) -> tuple[Tensor, str]:
         """A start for an operator without any estimate of its own, and what it is in words: the measurement itself
         when it has the image's shape, the measurement resized (bilinear) to the image when it is an image with the

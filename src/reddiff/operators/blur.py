@@ -89,6 +89,8 @@ class SeparableBlur(SeparableOperator):
         extra_params: Extra JSON-serialisable entries for :meth:`params` (e.g. ``sigma``).
     """
 
+    measurement_is_image = True
+
     def __init__(
         self,
         kernel_1d: Tensor,
@@ -208,6 +210,8 @@ class Convolution2D(LinearOperator):
     Raises:
         OperatorError: If the kernel is not 2-D with odd sides.
     """
+
+    measurement_is_image = True
 
     def __init__(
         self,

@@ -22,6 +22,8 @@ class Identity(SelectionOperator):
         task: Canonical task string.
     """
 
+    measurement_is_image = True
+
     def __init__(self, shape: Sequence[int], task: str = "denoise") -> None:
         super().__init__(shape, shape, task)
         self.register_buffer("_s", torch.ones(math.prod(self.x_shape), dtype=torch.float64))

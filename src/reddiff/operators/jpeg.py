@@ -130,6 +130,8 @@ class JPEG(Operator):
             whose Jacobian the straight-through version uses; for tests and analysis).
     """
 
+    measurement_is_image = True
+
     def __init__(self, shape: Sequence[int], quality: int = 75, task: str = "jpeg:75", *, ste: bool = True) -> None:
         super().__init__(shape, shape, task)
         c = self.x_shape[0]

@@ -51,6 +51,8 @@ class HDR(Operator):
         task: Canonical task string.
     """
 
+    measurement_is_image = True
+
     def __init__(self, shape: Sequence[int], factor: float = 2.0, task: str = "hdr:2.0") -> None:
         if not float(factor) > 0:
             raise OperatorError(f"hdr factor must be > 0, got {factor}")
@@ -83,6 +85,8 @@ class Quantize(Operator):
         bits: Number of bits (1 to 16).
         task: Canonical task string.
     """
+
+    measurement_is_image = True
 
     def __init__(self, shape: Sequence[int], bits: int = 4, task: str = "quantize:4") -> None:
         if not 1 <= int(bits) <= 16:

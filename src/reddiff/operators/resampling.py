@@ -44,6 +44,8 @@ class BlockAverage(SelectionOperator):
         OperatorError: If ``F`` is not a positive integer or the size is not divisible by it.
     """
 
+    measurement_is_image = True
+
     def __init__(self, factor: int, shape: Sequence[int], task: str | None = None) -> None:
         task = f"sr:{factor}" if task is None else task
         c, h, w, f = _check_factor(factor, shape, task)
@@ -167,6 +169,8 @@ class Bicubic(SeparableOperator):
     Raises:
         OperatorError: If ``F`` is not a positive integer or the size is not divisible by it.
     """
+
+    measurement_is_image = True
 
     def __init__(self, factor: int, shape: Sequence[int], task: str | None = None) -> None:
         task = f"bicubic:{factor}" if task is None else task

@@ -39,6 +39,7 @@ class StackedOperator(Operator):
             )
         super().__init__(ops[0].x_shape, ops[0].y_shape, ops[0].task)
         self.parts = nn.ModuleList(ops)
+        self.measurement_is_image = all(op.measurement_is_image for op in ops)
 
     def __len__(self) -> int:
         return len(self.parts)

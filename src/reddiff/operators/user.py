@@ -12,7 +12,8 @@ A callable with the attribute ``linear = True`` (or a returned :class:`~reddiff.
 the wrapper gets its adjoint from autograd (``A^T y`` is the vector-Jacobian product of ``A`` with ``y``) and its
 pseudo-inverse by conjugate gradients on ``A A^T``, unless the callable provides its own ``A_adjoint`` /
 ``A_dagger`` methods; it is checked once, on random images, to be linear. An ``initial_estimate(y)`` method, if
-present, is used by RED-diff's default initialisation.
+present, is used by RED-diff's default initialisation; ``measurement_is_image = True`` says that the measurement is
+a picture (robust data terms then start from its despeckled version).
 
 Example ``my_ops.py``::
 
@@ -93,6 +94,7 @@ class CallableOperator(Operator):
                  task: str) -> None:
         super().__init__(x_shape, y_shape, task)
         self.fn = fn
+        self.measurement_is_image = bool(getattr(fn, "measurement_is_image", False))
 
     def params(self) -> dict[str, Any]:
         return {"callable": getattr(self.fn, "__qualname__", type(self.fn).__name__)}

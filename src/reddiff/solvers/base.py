@@ -44,6 +44,7 @@ def check_robust(solver: Any) -> None:
         parse_robust(solver.robust)
     except ReddiffError as exc:
         raise SolverError(f"{solver.label}: {exc}") from None
+    object.__setattr__(solver, "robust", solver.robust.strip().lower())  # one spelling: one settings fingerprint
 
 @dataclass(frozen=True)
 class Problem:

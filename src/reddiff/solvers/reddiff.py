@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import SolverError
-from ..noise import GaussianNoise, Robust, robust_noise
+from ..noise import Robust, robust_noise
 from ..operators.base import LinearOperator
 from ..params import Range, hyper
 from ..schedule import TIMESTEP_ORDERS
@@ -178,7 +178,8 @@ class RedDiff(Solver):
     def start(self, problem: Problem, generators: list[torch.Generator]) -> tuple[torch.Tensor, str | None]:
         """The starting ``mu`` according to ``init``, and a one-line note when RED-diff chose the start itself: an
         operator with neither ``A_dagger`` nor an estimate of its own starts from its
-        :meth:`~reddiff.operators.Operator.fallback_estimate`."""
+        :meth:`~reddiff.operators.Operator.fallback_estimate`; with a robust data term, the ``pinv`` and
+        ``classical`` starts are computed from the despeckled measurement when it is a picture."""
         op, y = problem.operator, problem.y
         if self.init == "zeros":
             return torch.zeros(problem.x_shape, dtype=y.dtype, device=y.device), None
@@ -189,29 +190,27 @@ class RedDiff(Solver):
             if not isinstance(op, LinearOperator):
                 raise SolverError(f"RED-diff init 'adjoint' needs a linear operator; {op.task!r} is not linear")
             return op.A_adjoint(y), None
-        note = None
+        notes = []
         noise = robust_noise(self.robust, problem.noise)
-        if isinstance(noise, Robust):  # a start that the outliers the robust term expects do not spoil
-            cleaned = noise.despeckle(y)
-            if cleaned is not y:
-                y = cleaned
-                note = ("robust data term: RED-diff starts from the measurement with entries that stand out from "
-                        "their 3x3 neighbourhood by more than delta replaced by its median")
+        if isinstance(noise, Robust) and op.measurement_is_image:  # a start the expected outliers do not spoil
+            y, replaced = noise.despeckle(y)
+            notes.append(f"robust data term: RED-diff starts from the measurement with {replaced} entries that stood "
+                         "out from their 3x3 neighbourhood by more than delta replaced by its median")
         est = op.classical_estimate(y) if self.init == "classical" else None
         if est is None:
             est = op.inverse_estimate(y)
-        if est is not None:
-            return est, note
-        est, what = op.fallback_estimate(y)
-        return est, (f"operator {op.task!r} has no A_dagger or initial_estimate: RED-diff starts from {what} "
-                     "(--init zeros or --init random chooses another start)")
+        if est is None:
+            est, what = op.fallback_estimate(y)
+            notes.append(f"operator {op.task!r} has no A_dagger or initial_estimate: RED-diff starts from {what} "
+                         "(--init zeros or --init random chooses another start)")
+        return est, "; ".join(notes) or None
 
     # -- Algorithm 1 ---------------------------------------------------------------------------------------------
     def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
                  callback: Callback | None = None) -> torch.Tensor:
         """Run RED-diff and return the estimate ``mu`` (see :meth:`Solver.__call__`)."""
         noise = robust_noise(self.robust, problem.noise)
-        if self.data_term == "paper" and isinstance(noise, GaussianNoise) and noise.sigma_y <= 0:
+        if self.data_term == "paper" and noise.sigma_y <= 0:
             raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
         op, y = problem.operator, problem.y
         gens = per_sample_generators(generator, problem.batch_size, y.device)
