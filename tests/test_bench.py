@@ -59,3 +59,36 @@ def test_reduced_precision_stays_close_to_fp32(tiny_prior, small_image, precisio
 def test_unknown_precision(tiny_prior):
     with pytest.raises(ReddiffError, match="fp32, bf16, fp16"):
         Runtime(precision="int4")
+
+
+def test_bench_ratio_pairs_each_step_with_a_forward(monkeypatch, adm_fixtures):
+    """With a clock that advances one second per network call and stands still otherwise, a step that calls the
+    network once is exactly one forward: the paired ratio is 1 for every solver, the step's interval excludes the
+    forward timed beside it, and the forward row is one second."""
+    import types
+
+    from reddiff.tools import bench
+
+    clock = [0.0]
+    prior = bench.build_bench_prior(str(adm_fixtures / "tiny_a.pt"), torch.device("cpu"))
+    net = prior.network
+
+    class Ticking(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = net
+
+        def forward(self, *args, **kwargs):
+            clock[0] += 1.0
+            return self.inner(*args, **kwargs)
+
+    prior.network = Ticking()
+    monkeypatch.setattr(bench, "build_bench_prior", lambda *_: prior)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+                                                            strftime=__import__("time").strftime))
+    rep = run_bench(BenchConfig(network="x", size=16, batch_sizes=(1,), warmup=1, repeats=3))
+    rows = {r["method"]: r for r in rep["rows"]}
+    assert rows["forward"]["seconds"] == 1.0
+    for name in ("reddiff", "dps", "pigdm", "ddrm"):
+        assert rows[name]["seconds"] == 1.0 and rows[name]["ratio"] == 1.0, rows[name]
+        assert rows[name]["forward_seconds_paired"] == 1.0

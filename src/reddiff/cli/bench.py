@@ -13,7 +13,9 @@ RANK = 8
 HELP = "time one solver step against a bare network forward; memory; images per second"
 DESCRIPTION = ("Measure side by side, in one run: a bare network forward under no_grad (the network alone, without "
                "the prior's prediction-type conversions) and one step of RED-diff, "
-               "DPS, ΠGDM and DDRM (median over --repeats steps after --warmup), their ratio to the forward, peak "
+               "DPS, ΠGDM and DDRM (median over --repeats steps after --warmup), their ratio to the forward (paired: "
+               "the median of each step's time over a bare forward timed right after it, so drift of a shared "
+               "machine cancels), peak "
                "memory (CUDA: max allocated; CPU: peak RSS growth) and images per second, per batch size. Prints a "
                "table; --output writes JSON.")
 

@@ -4,12 +4,18 @@ Everything is measured side by side in one run on the same network, image size, 
 a bare forward under ``no_grad``, and one step of RED-diff, DPS, ΠGDM and DDRM (timed between consecutive step
 callbacks of a real solver run, after warm-up steps). Reported: the median seconds per step, its ratio to the bare
 forward, peak memory (CUDA: max allocated above the baseline; CPU: peak resident-set growth) and images per second.
+
+The ratio is *paired*: right after each solver step the callback times one bare forward on the same input (outside
+the step's interval), and the ratio is the median of the per-step quotients. A shared or thermally throttled machine
+drifts by tens of per cent over a minute; a quotient of two timings taken seconds apart cancels that drift, where
+the quotient of two medians taken minutes apart does not.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,42 +85,53 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_forward(prior: Any, x: torch.Tensor, cfg: BenchConfig, device: torch.device) -> tuple[list[float], int]:
-    """The bare network: ``prior.network(x, time)`` at a mid timestep, without the prior's conversions."""
+def _forward_call(prior: Any, x: torch.Tensor, device: torch.device) -> Callable[[], float]:
+    """A timed bare network call: ``prior.network(x, time)`` at a mid timestep, without the prior's conversions."""
     mid = prior.schedule.timesteps(3)[1]
     t = torch.full((x.shape[0],), mid.item(), dtype=mid.dtype, device=device)
     t_in = prior.network_time(t) if prior.network_time is not None else t
-    times = []
-    with PeakMemory(device) as mem, torch.no_grad():
-        for i in range(cfg.warmup + cfg.repeats):
+
+    def once() -> float:
+        with torch.no_grad():
             _sync(device)
             t0 = time.perf_counter()
             prior.network(x, t_in)
             _sync(device)
-            if i >= cfg.warmup:
-                times.append(time.perf_counter() - t0)
-    return times, mem.peak_bytes
+            return time.perf_counter() - t0
+
+    return once
 
 
-def _time_solver(name: str, prior: Any, problem: Any, cfg: BenchConfig, device: torch.device):
+def _time_forward(forward: Callable[[], float], cfg: BenchConfig, device: torch.device) -> tuple[list[float], int]:
+    with PeakMemory(device) as mem:
+        times = [forward() for _ in range(cfg.warmup + cfg.repeats)]
+    return times[cfg.warmup :], mem.peak_bytes
+
+
+def _time_solver(name: str, prior: Any, problem: Any, cfg: BenchConfig, device: torch.device,
+                 forward: Callable[[], float]) -> tuple[list[float], list[float], int]:
+    """Seconds of each timed solver step, of the bare forward timed right after it, and the solver's peak memory."""
     from ..solvers import SOLVERS
 
     steps = cfg.warmup + cfg.repeats
     solver = SOLVERS[name](steps=steps)
-    stamps: list[float] = []
+    intervals: list[float] = []
+    paired: list[float] = []
+    start = [0.0]
 
     def on_step(_info: Any) -> None:
         _sync(device)
-        stamps.append(time.perf_counter())
+        intervals.append(time.perf_counter() - start[0])
+        paired.append(forward())
+        start[0] = time.perf_counter()
 
     gens = [torch.Generator(device="cuda" if device.type == "cuda" else "cpu").manual_seed(i)
             for i in range(problem.batch_size)]
     with PeakMemory(device) as mem:
         _sync(device)
-        start = time.perf_counter()
+        start[0] = time.perf_counter()
         solver(prior, problem, generator=gens, callback=on_step)
-    intervals = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
-    return intervals[cfg.warmup :], mem.peak_bytes
+    return intervals[cfg.warmup :], paired[cfg.warmup :], mem.peak_bytes
 
 
 def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
@@ -136,14 +153,17 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
         op = op.to(device)
         y = op.A(x)
         problem = Problem(y, op, 0.01)
-        fwd, fwd_mem = _time_forward(prior, x, cfg, device)
+        forward = _forward_call(prior, x, device)
+        fwd, fwd_mem = _time_forward(forward, cfg, device)
         base = statistics.median(fwd)
         rows.append({"batch": batch, "method": "forward", "seconds": base, "ratio": 1.0,
                      "peak_mb": fwd_mem / 2**20, "images_per_s": batch / base})
         for name in cfg.solvers:
-            times, mem = _time_solver(name, prior, problem, cfg, device)
+            times, beside, mem = _time_solver(name, prior, problem, cfg, device, forward)
             med = statistics.median(times)
-            rows.append({"batch": batch, "method": name, "seconds": med, "ratio": med / base,
+            rows.append({"batch": batch, "method": name, "seconds": med,
+                         "ratio": statistics.median(a / b for a, b in zip(times, beside)),
+                         "forward_seconds_paired": statistics.median(beside),
                          "peak_mb": mem / 2**20, "memory_ratio": (mem / fwd_mem) if fwd_mem else None,
                          "images_per_s": batch / med})
     for r in rows:
