@@ -53,7 +53,8 @@ def test_every_solver_field_is_reachable_from_the_cli(tmp_path, capsys, small_im
               "--betas": ("0.8,0.9", [0.8, 0.9]),
               "--optimizer-kwargs": ('{"weight_decay": 0.1}', {"weight_decay": 0.1}),
               "--data-term": ("paper", "paper"), "--clip-x0": (None, True),
-              "--timestep-spacing": ("leading", "leading"), "--robust": ("huber:0.1", "huber:0.1")}
+              "--timestep-spacing": ("stride", "stride"), "--robust": ("huber:0.1", "huber:0.1"),
+                  "--returns": ("last_x0", "last_x0")}
     assert set(values) == {q.flag for q in SOLVERS["reddiff"].hyperparams()}
     argv = ["solve", "--task", "sr:2", "--input", str(small_image), "--output", str(tmp_path / "o"), "--sigma-y",
             "0.02", "--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress"]

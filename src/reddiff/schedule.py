@@ -34,8 +34,9 @@ __all__ = ["NoiseSchedule", "VPSchedule", "VPContinuousSchedule", "EDMSchedule",
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 TIMESTEP_ORDERS = ("descending", "ascending", "random")
-#: how a discrete schedule's steps are spread over ``0 .. t_max`` (diffusers' names; ``linspace`` includes both ends).
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+#: how a discrete schedule's steps are spread over ``0 .. t_max`` (diffusers' names; ``linspace`` includes both ends;
+#: ``stride`` is the official RED-diff code's ``range(0, T, T // N)``).
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing", "stride")
 
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -141,7 +142,10 @@ class _Discrete(NoiseSchedule):
         ``linspace`` (default): evenly spaced over ``0 .. t_max`` including both ends (``num_steps = T`` gives every
         timestep; ``num_steps = 1`` gives ``t_max``). ``leading``: ``0, k, 2k, ...`` with ``k = (t_max + 1) //
         num_steps`` (diffusers' default: never visits ``T - 1``). ``trailing``: ``round(t_max + 1 - i k) - 1``,
-        ending at ``t_max``.
+        ending at ``t_max``. ``stride``: every timestep of ``range(0, t_max + 1, k)`` with the same ``k``: the
+        official RED-diff, DDRM and ΠGDM code's grid, which holds *more* than ``num_steps`` timesteps when ``k`` does
+        not divide ``t_max + 1`` (334 for 300 steps of T = 1000) and every timestep once when ``num_steps`` exceeds
+        them.
 
         Args:
             num_steps: how many timesteps, 1 .. t_max + 1.
@@ -151,10 +155,10 @@ class _Discrete(NoiseSchedule):
             t_max: the largest timestep (default ``T - 1``): the steps are spread over ``0 .. t_max``.
             allow_repeats: allow more steps than timesteps in ``0 .. t_max`` (some are then visited twice in a row;
                 fine for RED-diff's stochastic optimisation, not for samplers).
-            spacing: ``linspace``, ``leading`` or ``trailing``.
+            spacing: ``linspace``, ``leading``, ``trailing`` or ``stride``.
 
         Returns:
-            int64 tensor [num_steps].
+            int64 tensor [num_steps] (``stride``: as many as its grid holds).
         """
         if order not in TIMESTEP_ORDERS:
             raise ReddiffError(f"unknown timestep order {order!r}; accepted: {', '.join(TIMESTEP_ORDERS)}")
@@ -166,7 +170,9 @@ class _Discrete(NoiseSchedule):
         if int(num_steps) < 1 or (int(num_steps) > top + 1 and not allow_repeats):
             raise ReddiffError(f"steps must be between 1 and {top + 1}, got {num_steps}")
         i = torch.arange(num_steps, dtype=torch.int64)
-        if spacing == "leading" and num_steps <= top + 1:
+        if spacing == "stride":
+            ts = torch.arange(0, top + 1, max((top + 1) // int(num_steps), 1), dtype=torch.int64)
+        elif spacing == "leading" and num_steps <= top + 1:
             ts = i * ((top + 1) // num_steps)
         elif spacing == "leading":  # more steps than timesteps: each timestep visited once or twice in a row
             ts = i * (top + 1) // num_steps

@@ -162,6 +162,13 @@ def add_solver_args(p: argparse.ArgumentParser, *, multi: bool = False) -> None:
     for name, cls in SOLVERS.items():
         for param in cls.hyperparams():
             owners.setdefault(param.name, []).append((name, param))
+    from ..solvers.reddiff import PROFILES
+
+    g.add_argument("--profile", default="preset", choices=["preset", *PROFILES],
+                   help="where RED-diff's settings not given here come from: preset (the prior's task preset, else "
+                   "the paper's defaults), paper (the paper's defaults and Algorithm 1, presets ignored) or "
+                   "reference (the paper's defaults with the official code's conventions: --timestep-spacing "
+                   "stride, --returns last_x0, --data-term reference; see the README) (default: %(default)s)")
     g.set_defaults(solver_fields={})
     for field, entries in owners.items():
         param = entries[0][1]
@@ -191,7 +198,11 @@ def solver_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = N
     name = name or args.solver
     cls = SOLVERS[name]
     own = {q.name for q in cls.hyperparams()}
-    kwargs: dict[str, Any] = dict(preset or {}) if name == "reddiff" else {}
+    kwargs: dict[str, Any] = {}
+    if name == "reddiff":
+        from ..solvers.reddiff import PROFILES
+
+        kwargs = {**PROFILES.get(getattr(args, "profile", "preset"), {}), **(preset or {})}
     for field, (value, flag) in (getattr(args, "solver_fields", None) or {}).items():
         if field not in own:
             if not strict:
@@ -200,6 +211,14 @@ def solver_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = N
             raise ReddiffError(f"{flag} does not apply to --solver {name} (it applies to {', '.join(users)})")
         kwargs[field] = value
     return cls(**kwargs)
+
+
+def task_preset(args: argparse.Namespace, prior: Any, task: str, sigma_y: float) -> dict[str, Any]:
+    """The prior's RED-diff preset for ``task`` at ``sigma_y`` ([-1, 1] units), or none when ``--profile`` says
+    not to use presets."""
+    from ..tools.presets import preset_for_prior
+
+    return preset_for_prior(prior, task, sigma_y) if getattr(args, "profile", "preset") == "preset" else {}
 
 
 # -- measurement and run --------------------------------------------------------------------------------------------
@@ -309,6 +328,15 @@ def progress(total: int, desc: str, disable: bool, position: int = 0) -> Any:
 
     return tqdm(total=total, desc=desc, disable=disable, leave=False, position=position, file=sys.stderr,
                 dynamic_ncols=True)
+
+
+def advance(bar: Any, info: Any) -> None:
+    """One solver step on a progress bar made for ``solver.steps`` steps; its total follows the steps the solver
+    reports (a ``stride`` grid may hold more than were asked for)."""
+    if bar.total != info.num_steps:
+        bar.total = info.num_steps
+        bar.refresh()
+    bar.update(1)
 
 
 def say(msg: str) -> None:

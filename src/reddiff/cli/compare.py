@@ -12,6 +12,7 @@ from .common import (
     add_prior_args,
     add_run_args,
     add_solver_args,
+    advance,
     device_from,
     load_cli_prior,
     noise_from_args,
@@ -20,6 +21,7 @@ from .common import (
     progress,
     simulated_jobs,
     solver_from_args,
+    task_preset,
     unique_stems,
 )
 
@@ -51,7 +53,7 @@ def _one(name: str, args: argparse.Namespace, prior: Any, job: Any, preset: dict
     bar = progress(solver.steps, solver.label, args.no_progress)
     try:
         with PeakMemory(device) as mem:
-            (out,) = solve_jobs(solver, prior, [job], device, noise, callback=lambda info: bar.update(1))
+            (out,) = solve_jobs(solver, prior, [job], device, noise, callback=lambda info: advance(bar, info))
     except SolverError as exc:
         return {"solver": name, "error": str(exc)}, None
     finally:
@@ -65,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment import OutputDir
     from ..io import dumps, list_images, make_grid, save_image, write_json
     from ..solvers import SOLVERS
-    from ..tools.presets import preset_for_prior
 
     out_path = output_path(args.output)
     names = parse_list(args.solvers, list(SOLVERS), "solver")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                               "images": []}
     with OutputDir(out_path) as out_dir:
         for job in jobs:
-            preset = preset_for_prior(prior, job.operator.task, noise.sigma_y)
+            preset = task_preset(args, prior, job.operator.task, noise.sigma_y)
             rows, tiles = [], [job.operator.y_to_image(job.y).clamp(-1, 1)]
             labels = ["measurement"]
             for n in names:

@@ -15,6 +15,7 @@ from .common import (
     add_prior_args,
     add_run_args,
     add_solver_args,
+    advance,
     device_from,
     load_cli_prior,
     noise_from_args,
@@ -22,6 +23,7 @@ from .common import (
     progress,
     say,
     solver_from_args,
+    task_preset,
     unique_stems,
 )
 
@@ -126,7 +128,7 @@ def _resume(jobs: list[Any], out_dir: Path, overwrite: bool) -> tuple[list[Any],
 def run(args: argparse.Namespace) -> int:
     from ..experiment import ImageLocks, OutputDir, group_batches, solve_jobs, write_outputs
     from ..io import dumps, list_images, write_json
-    from ..tools.presets import PRESET_KEYS, no_preset_notice, preset_for_prior
+    from ..tools.presets import PRESET_KEYS, no_preset_notice
     from .ranks import Ranks
 
     t_start = time.perf_counter()
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             task = jobs[0].operator.task if jobs else args.task
             t_load = time.perf_counter()
             prior = load_cli_prior(args, device, show_progress=ranks.rank == 0)
-            preset = preset_for_prior(prior, task, noise.sigma_y)
+            preset = task_preset(args, prior, task, noise.sigma_y)
             solver = solver_from_args(args, preset)
             for job in jobs:
                 job.settings = _settings(job, args, noise, solver, prior)
@@ -155,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
         task, prior, preset, solver, todo, done, prior_seconds = ranks.agree(prepare)
         given = set(getattr(args, "solver_fields", None) or {})
-        if solver.name == "reddiff" and not preset and not given & set(PRESET_KEYS) and ranks.rank == 0:
+        if (solver.name == "reddiff" and args.profile == "preset" and not preset and not given & set(PRESET_KEYS)
+                and ranks.rank == 0):
             say(f"reddiff: note: {no_preset_notice(prior, task)}")
         if done and not args.json and ranks.rank == 0:
             say(f"reddiff: {len(done)} image(s) already done with these settings: skipped")
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                     step_bar = progress(solver.steps, solver.label, args.no_progress)
 
                     def on_step(info: Any, bar: Any = step_bar) -> None:
-                        bar.update(1)
+                        advance(bar, info)
                         if (info.step % 10 == 0 or info.step == info.num_steps - 1) and "loss" in info.losses:
                             bar.set_postfix(loss=f"{info.losses['loss']:.4g}", t=info.t)
 

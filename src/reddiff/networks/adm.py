@@ -477,8 +477,9 @@ class ADMUNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the UNet body runs in (float16 with ``use_fp16``, else float32)."""
-        return torch.float16 if self.use_fp16 else torch.float32
+        """The dtype the UNet body runs in: its convolutions' (float16 with ``use_fp16``, float32, or float64 after
+        ``.double()``)."""
+        return self.input_blocks[0][0].weight.dtype
 
     def _body_convs(self) -> Iterable[nn.Module]:
         for part in (self.input_blocks, self.middle_block, self.output_blocks):

@@ -170,6 +170,11 @@ class Operator(nn.Module):
     #: which neighbouring entries are neighbouring pixels; robust starts filter only such measurements.
     measurement_is_image: bool = False
 
+    #: Whether the operator observes a subset of the image's entries (inpainting). The official RED-diff code
+    #: measures such an operator as the whole image with the unobserved entries zeroed, so its mean data term
+    #: averages over every image entry; RED-diff's ``data_term="reference"`` reproduces that for these operators.
+    masks_image: bool = False
+
     def fallback_estimate(self, y: Tensor) -> tuple[Tensor, str]:
         """A start for an operator without any estimate of its own, and what it is in words: the measurement itself
         when it has the image's shape, the measurement resized (bilinear) to the image when it is an image with the

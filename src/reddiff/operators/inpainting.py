@@ -61,6 +61,8 @@ class Inpainting(SelectionOperator):
         OperatorError: If the mask is not 2-D or observes no pixel.
     """
 
+    masks_image = True
+
     def __init__(
         self,
         mask: Tensor,

@@ -35,7 +35,9 @@ ETA_HELP = "η of the DDIM update (eq. 16): 0 deterministic DDIM, 1 ancestral DD
 def spacing_field() -> Any:
     """The ``timestep_spacing`` field every sampler declares (one definition)."""
     return hyper("linspace", "how a discrete schedule's steps are spread: linspace (evenly, both ends), leading "
-                 "(0, k, 2k, ...: diffusers' default), trailing (ending at T-1)", choices=TIMESTEP_SPACINGS)
+                 "(0, k, 2k, ...: diffusers' default), trailing (ending at T-1), stride (range(0, T, k) with "
+                 "k = T // steps, the official RED-diff code's grid: 334 steps when 300 are asked for)",
+                 choices=TIMESTEP_SPACINGS)
 
 
 @dataclass(frozen=True)

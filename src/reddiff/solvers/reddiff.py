@@ -41,8 +41,8 @@ from .ddim import spacing_field
 if TYPE_CHECKING:  # pragma: no cover
     from ..prior import DiffusionPrior
 
-__all__ = ["RedDiff", "WEIGHTINGS", "INITS", "LR_SCHEDULES", "DATA_TERMS", "OPTIMIZERS", "weighting_fn",
-           "resolve_optimizer"]
+__all__ = ["RedDiff", "WEIGHTINGS", "INITS", "LR_SCHEDULES", "DATA_TERMS", "RETURNS", "OPTIMIZERS", "PROFILES",
+           "weighting_fn", "resolve_optimizer"]
 
 #: f(r) of the SNR-based weight ``w_t = lam * f(r)``, ``r = sqrt(1 - abar_t) / sqrt(abar_t)`` (inverse sqrt SNR).
 WEIGHTINGS: dict[str, Any] = {
@@ -61,7 +61,21 @@ LR_SCHEDULES: dict[str, Any] = {
     "linear": lambda p: 1.0 - p,
     "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
 }
-DATA_TERMS = ("mean", "paper")
+DATA_TERMS = ("mean", "paper", "reference")
+#: what RED-diff returns: the estimate after the last update (Algorithm 1), or the x0 of the last step before it.
+RETURNS = ("mu", "last_x0")
+#: named settings of RED-diff (``--profile``; fields given explicitly go on top). ``paper``: the paper's
+#: hyperparameters and Algorithm 1 as written (the field defaults). ``reference``: the same hyperparameters with the
+#: conventions of the official code (github.com/NVlabs/RED-diff), so that its numbers can be reproduced: its timestep
+#: grid ``range(0, T, T // N)`` (``stride``), its return value (the last step's x0, taken before the last Adam
+#: update) and its inpainting data term (the mean over the whole masked image). One convention is kept: the official
+#: code averages both loss terms over the whole batch, so a sample's result depends on the batch it ran in; here each
+#: sample's terms are averaged over that sample only (Adam is invariant to the 1/B scale that separates the two,
+#: apart from its ε), so results never depend on the batch.
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "reference": {"timestep_spacing": "stride", "returns": "last_x0", "data_term": "reference", "init": "pinv"},
+}
 #: ``torch.optim`` optimizers that step a dense tensor without a closure, by lower-case name.
 OPTIMIZERS = tuple(name for name in ("adam", "adamw", "adamax", "nadam", "radam", "sgd", "rmsprop", "adagrad",
                                      "adadelta", "adafactor", "asgd", "rprop")
@@ -137,8 +151,12 @@ class RedDiff(Solver):
     optimizer: str = hyper("adam", "torch.optim optimizer", choices=OPTIMIZERS)
     betas: tuple[float, float] = hyper((0.9, 0.99), "Adam-family betas")
     optimizer_kwargs: Mapping[str, Any] = hyper({}, "extra optimizer arguments, e.g. {\"momentum\": 0.9} for sgd")
-    data_term: str = hyper("mean", "mean (both terms averaged, the reference normalisation) or paper "
-                           "(the likelihood's sums, ||y - A(mu)||^2 / (2 sigma_y^2))", choices=DATA_TERMS)
+    data_term: str = hyper("mean", "mean (both terms averaged, the reference normalisation), paper (the "
+                           "likelihood's sums, ||y - A(mu)||^2 / (2 sigma_y^2)) or reference (as mean, but "
+                           "inpainting's residual averaged over the whole masked image, as the official code does)",
+                           choices=DATA_TERMS)
+    returns: str = hyper("mu", "what is returned: mu (the estimate after the last update, Algorithm 1) or last_x0 "
+                        "(the last step's x0, before its update: the official code's return)", choices=RETURNS)
     clip_x0: bool = hyper(False, "clamp the returned estimate to the prior's data range ([-1, 1] for images)")
     robust: str = robust_field()
 
@@ -165,6 +183,18 @@ class RedDiff(Solver):
 
         preset = preset_for_prior(prior, task, sigma_y)
         return cls(**{**preset, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def profile(cls, name: str, **overrides: Any) -> RedDiff:
+        """RED-diff with the named settings of :data:`PROFILES` (``paper`` or ``reference``), ``overrides`` on top.
+
+        Example:
+            ``RedDiff.profile("reference", steps=100)`` runs as the official code would with 100 steps.
+        """
+        key = str(name).lower()
+        if key not in PROFILES:
+            raise SolverError(f"unknown RED-diff profile {name!r}; accepted: {', '.join(PROFILES)}")
+        return cls(**{**PROFILES[key], **{k: v for k, v in overrides.items() if v is not None}})
 
     # -- pieces of Algorithm 1 -------------------------------------------------------------------------------
     def weight(self, abar_t: float) -> float:
@@ -233,6 +263,11 @@ class RedDiff(Solver):
 
         x_dims = tuple(range(1, mu.dim()))
         hint = f"try a smaller lr (now {self.lr})"
+        n_steps = len(timesteps)  # the steps asked for, except with the stride grid
+        last_x0 = mu0
+        # the official code's inpainting term is a mean over the whole masked image: the observed share of ours
+        obs_scale = (math.prod(y.shape[1:]) / math.prod(problem.x_shape[1:])
+                     if self.data_term == "reference" and op.masks_image else 1.0)
 
         for i, t in enumerate(timesteps.tolist()):
             with step_context(self.label, i, self.steps, t):
@@ -252,8 +287,8 @@ class RedDiff(Solver):
                 # 5. loss = w_t * <sg(eps_hat - eps), x0> + obs_weight * data fidelity (the noise model's likelihood)
                 ax = op.A(x0)
                 score_term = (eps_hat - eps).detach() * x0
-                if self.data_term == "mean":
-                    reg, obs = score_term.mean(dim=x_dims), noise.nll(y, ax)
+                if self.data_term != "paper":
+                    reg, obs = score_term.mean(dim=x_dims), obs_scale * noise.nll(y, ax)
                 else:
                     reg, obs = score_term.sum(dim=x_dims), noise.nll_sum(y, ax)
                 loss = (w_t * reg + self.obs_weight * obs).sum()
@@ -261,15 +296,17 @@ class RedDiff(Solver):
                 check_finite(self.label, i, t, loss.detach(), "loss", hint)
                 # 6. one optimizer step on mu
                 for group in optimizer.param_groups:
-                    group["lr"] = self.lr * LR_SCHEDULES[self.lr_schedule](i / self.steps)
+                    group["lr"] = self.lr * LR_SCHEDULES[self.lr_schedule](i / n_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.returns == "last_x0":
+                    last_x0 = x0.detach().clone()
                 optimizer.step()
             if callback is not None:
                 callback(
                     StepInfo(
                         step=i,
-                        num_steps=self.steps,
+                        num_steps=n_steps,
                         t=t,
                         x=mu.detach(),
                         losses={
@@ -281,6 +318,6 @@ class RedDiff(Solver):
                         note=note if i == 0 else None,
                     )
                 )
-        out = mu.detach()
-        check_finite(self.label, self.steps - 1, timesteps[-1].item(), out, "estimate", hint)
+        out = mu.detach() if self.returns == "mu" else last_x0
+        check_finite(self.label, n_steps - 1, timesteps[-1].item(), out, "estimate", hint)
         return out.clamp(*prior.data_range) if self.clip_x0 and prior.data_range is not None else out
