@@ -270,7 +270,7 @@ class RedDiff(Solver):
                      if self.data_term == "reference" and op.masks_image else 1.0)
 
         for i, t in enumerate(timesteps.tolist()):
-            with step_context(self.label, i, self.steps, t):
+            with step_context(self.label, i, n_steps, t):
                 # 1. x0 ~ q(x0 | y): mu itself (Dirac), or mu + sigma_x0 z
                 x0 = mu
                 if self.sigma_x0 > 0:
