@@ -152,6 +152,21 @@ def test_conv2d_cg_pinv() -> None:
     assert rel(xd, expect) < 1e-5
 
 
+def test_conv2d_start_is_the_tikhonov_solution() -> None:
+    """The motion blur's start: (A^T A + d^2 I)^{-1} A^T y with d = INIT_RTOL * max |K(w)|, against the dense
+    solve in float64."""
+    from reddiff.operators.blur import INIT_RTOL
+
+    op = Convolution2D(motion_kernel(7, 0.5, gen(0)), (2, 8, 9), cg_iters=500, cg_tol=1e-13).to(F64)
+    y = op.A(x_for(op, 1)) + 0.01 * torch.randn(1, 2, 8, 9, generator=gen(2), dtype=F64)
+    eye = torch.eye(2 * 8 * 9, dtype=F64).reshape(-1, 2, 8, 9)
+    dense = op.A(eye).flatten(1).T
+    d2 = (INIT_RTOL * float(torch.fft.rfft2(op.kernel, s=(8 + 7 - 1, 9 + 7 - 1)).abs().max())) ** 2
+    expect = torch.linalg.solve(dense.T @ dense + d2 * torch.eye(dense.shape[1], dtype=F64), dense.T @ y.flatten())
+    assert rel(op.initial_estimate(y), expect.reshape(y.shape)) < 1e-9
+    assert rel(op.inverse_estimate(y), expect.reshape(y.shape)) < 1e-9  # what RED-diff's pinv start uses
+
+
 def test_conv2d_matches_dense_convolution() -> None:
     k = torch.rand(5, 3, generator=gen(5), dtype=F64)
     op = Convolution2D(k, (1, 6, 7)).to(F64)
