@@ -54,7 +54,8 @@ def test_every_solver_field_is_reachable_from_the_cli(tmp_path, capsys, small_im
               "--optimizer-kwargs": ('{"weight_decay": 0.1}', {"weight_decay": 0.1}),
               "--data-term": ("paper", "paper"), "--clip-x0": (None, True),
               "--timestep-spacing": ("stride", "stride"), "--robust": ("huber:0.1", "huber:0.1"),
-                  "--returns": ("last_x0", "last_x0")}
+              "--returns": ("last_x0", "last_x0"), "--repulsion": ("0.5", 0.5),
+              "--repulsion-bandwidth": ("0.02", 0.02)}
     assert set(values) == {q.flag for q in SOLVERS["reddiff"].hyperparams()}
     argv = ["solve", "--task", "sr:2", "--input", str(small_image), "--output", str(tmp_path / "o"), "--sigma-y",
             "0.02", "--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress"]

@@ -23,7 +23,9 @@ import torch
 from .errors import ReddiffError
 
 __all__ = [
+    "HEAT_COLOURS",
     "IMAGE_SUFFIXES",
+    "heat_map",
     "to_unit",
     "from_unit",
     "load_image",
@@ -208,6 +210,24 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+#: Anchor colours (0..1 RGB) of :func:`heat_map`, evenly spaced from 0 to the maximum: black, purple, red,
+#: orange, pale yellow (monotone in lightness, readable in grey print).
+HEAT_COLOURS = ((0.0, 0.0, 0.02), (0.34, 0.06, 0.43), (0.73, 0.21, 0.33), (0.98, 0.55, 0.04), (0.99, 1.0, 0.64))
+
+
+def heat_map(values: torch.Tensor, vmax: float | None = None) -> torch.Tensor:
+    """Colour ``[1, 1, H, W]`` non-negative values (e.g. a spread map) from black (0) to pale yellow (``vmax``,
+    default: the largest value); returns ``[1, 3, H, W]`` in [-1, 1]."""
+    v = values.detach().float().cpu()
+    top = float(v.max()) if vmax is None else float(vmax)
+    u = (v / top if top > 0 else torch.zeros_like(v)).clamp(0, 1) * (len(HEAT_COLOURS) - 1)
+    lo = u.floor().clamp(max=len(HEAT_COLOURS) - 2).long()
+    frac = u - lo
+    table = torch.tensor(HEAT_COLOURS)  # [K, 3]
+    rgb = table[lo[0, 0]] * (1 - frac[0, 0, ..., None]) + table[lo[0, 0] + 1] * frac[0, 0, ..., None]
+    return from_unit(rgb.permute(2, 0, 1)[None])
 
 
 def _resize_nearest(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

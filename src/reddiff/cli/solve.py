@@ -33,8 +33,8 @@ HELP = "restore images: simulate a measurement of clean images (--input) or solv
 DESCRIPTION = ("Restore images with RED-diff (or --solver). With --input, a measurement of each clean image is "
                "simulated and PSNR/SSIM are reported; with --measurement, the given measurement images are solved. "
                "DIR receives, per image, DIR/<name>/estimate.png, measurement.png, grid.png (and mask.png for "
-               "inpainting) and run.json. Rerunning the same command skips finished images; other settings need "
-               "--overwrite.")
+               "inpainting) and run.json (with --num-samples N also samples/ and spread.png). Rerunning the same "
+               "command skips finished images; other settings need --overwrite.")
 INTERRUPTED = "finished images are complete; rerun the same command to resume"
 
 
@@ -48,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_prior_args(p)
     add_solver_args(p)
     run_group = add_run_args(p)
-    run_group.add_argument("--batch-size", type=POS_INT, default=1, help="images per batch (default: %(default)s)")
+    run_group.add_argument("--batch-size", type=POS_INT, default=1,
+                           help="images per batch (each with its --num-samples samples) (default: %(default)s)")
+    p.add_argument("--num-samples", type=POS_INT, default=1, metavar="N",
+                   help="draw N restorations of each measurement together: DIR/<name>/samples/sample_00.png ..., "
+                        "their pixel-wise spread as a heat map (spread.png) and their mean as estimate.png; with "
+                        "RED-diff, --repulsion G > 0 pushes the samples apart (default: %(default)s)")
 
 
 def _match_channels(y_img: Any, op: Any) -> Any:
@@ -89,7 +94,7 @@ def _jobs(args: argparse.Namespace, files: list[Path], noise: Any, ranks: Any) -
             y = noise.sample(op.A(x), gen)
         else:
             y = op.image_to_y(_match_channels(y_img, op))
-        jobs.append(Job(f.stem, op, y, seeds, clean=x, source=f))
+        jobs.append(Job(f.stem, op, y, seeds, clean=x, source=f, samples=args.num_samples))
     return jobs
 
 
@@ -101,7 +106,8 @@ def _settings(job: Any, args: argparse.Namespace, noise: Any, solver: Any, prior
     return {"input_sha256": file_sha256(job.source), "kind": "clean" if args.input is not None else "measurement",
             "mask_sha256": file_sha256(Path(args.mask)) if args.mask else None, "task": job.operator.task,
             "sigma_y": args.sigma_y, "noise": noise.params(), "seed": args.seed, "solver": solver.to_dict(),
-            "prior_sha256": prior.info.get("sha256"), "runtime": runtime_of(prior).to_dict()}
+            "prior_sha256": prior.info.get("sha256"), "runtime": runtime_of(prior).to_dict(),
+            **({"num_samples": job.samples} if job.samples > 1 else {})}
 
 
 def _resume(jobs: list[Any], out_dir: Path, overwrite: bool) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -160,6 +166,13 @@ def run(args: argparse.Namespace) -> int:
         if (solver.name == "reddiff" and args.profile == "preset" and not preset and not given & set(PRESET_KEYS)
                 and ranks.rank == 0):
             say(f"reddiff: note: {no_preset_notice(prior, task)}")
+        if ranks.rank == 0 and solver.name == "reddiff":
+            if args.num_samples > 1 and solver.repulsion == 0:
+                say("reddiff: note: RED-diff seeks a mode, so its samples differ only through its noise draws; "
+                    "--repulsion G (e.g. 0.1) pushes them apart")
+            elif args.num_samples == 1 and solver.repulsion > 0:
+                say("reddiff: note: --repulsion acts among the samples of one measurement; it does nothing without "
+                    "--num-samples N > 1")
         if done and not args.json and ranks.rank == 0:
             say(f"reddiff: {len(done)} image(s) already done with these settings: skipped")
 

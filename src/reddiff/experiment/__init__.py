@@ -10,14 +10,28 @@ simulating a measurement, per-image jobs, solving them in batches, scoring by on
 
 from __future__ import annotations
 
-from .jobs import Job, Outcome, Restoration, group_batches, restore, solve_jobs
-from .measure import SSIM_MIN_SIZE, Scores, Seeds, as_noise, derive_seed, operator_for, pinv_psnr, score, simulate
+from .jobs import Job, Outcome, Restoration, group_batches, restore, sample_spread, solve_jobs
+from .measure import (
+    MISFIT,
+    SSIM_MIN_SIZE,
+    Scores,
+    Seeds,
+    as_noise,
+    derive_seed,
+    measurement_fit,
+    operator_for,
+    pinv_psnr,
+    score,
+    simulate,
+)
 from .records import (
     ESTIMATE,
     GRID,
     MASK,
     MEASUREMENT,
     RUN_JSON,
+    SAMPLES,
+    SPREAD,
     ImageLocks,
     OutputDir,
     mask_image,
@@ -27,8 +41,8 @@ from .records import (
 )
 
 __all__ = [
-    "ESTIMATE", "GRID", "MASK", "MEASUREMENT", "RUN_JSON", "SSIM_MIN_SIZE", "ImageLocks", "Job", "Outcome",
-    "OutputDir", "Restoration", "Scores", "Seeds", "as_noise", "derive_seed", "group_batches", "mask_image",
-    "operator_for", "pinv_psnr", "read_record", "restore", "score", "settings_fingerprint", "simulate",
-    "solve_jobs", "write_outputs",
+    "ESTIMATE", "GRID", "MASK", "MEASUREMENT", "MISFIT", "RUN_JSON", "SAMPLES", "SPREAD", "SSIM_MIN_SIZE",
+    "ImageLocks", "Job", "Outcome", "OutputDir", "Restoration", "Scores", "Seeds", "as_noise", "derive_seed",
+    "group_batches", "mask_image", "measurement_fit", "operator_for", "pinv_psnr", "read_record", "restore",
+    "sample_spread", "score", "settings_fingerprint", "simulate", "solve_jobs", "write_outputs",
 ]

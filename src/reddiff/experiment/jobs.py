@@ -17,9 +17,9 @@ from ..noise import NoiseModel
 from ..operators import Operator, stack
 from ..runtime import count_evals
 from ..solvers.base import Callback, Problem, Solver, StepInfo
-from .measure import Scores, Seeds, as_noise, pinv_psnr, score, simulate
+from .measure import MISFIT, Scores, Seeds, as_noise, measurement_fit, pinv_psnr, score, simulate
 
-__all__ = ["Job", "Outcome", "group_batches", "solve_jobs", "Restoration", "restore"]
+__all__ = ["Job", "Outcome", "group_batches", "solve_jobs", "Restoration", "restore", "sample_spread"]
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Job:
         source: the file it came from.
         settings: what the result depends on (inputs, task, noise, solver, prior, ...); its fingerprint decides
             whether an earlier result can be reused.
+        samples: how many restorations of this measurement to draw together (one problem group: RED-diff's
+            ``repulsion`` acts among them); the estimate is then their pixel-wise mean.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Job:
     clean: torch.Tensor | None = None
     source: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    samples: int = 1
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Outcome:
         scores: PSNR/SSIM against the clean image (empty for real measurements).
         psnr_pinv: PSNR of the naive ``A_dagger(y)`` (linear operators with a clean image; else None).
         notes: the solver's one-line remarks during the run (e.g. the start RED-diff chose itself).
+        samples: with ``job.samples > 1``, every sample ``[N, ...]`` on the CPU (not clipped); ``estimate`` is
+            the mean of the samples clipped to the prior's data range. None for a single sample.
+        sample_scores: the scores of each sample (with a clean image and several samples).
     """
 
     job: Job
@@ -67,6 +73,20 @@ class Outcome:
     scores: Scores = field(default_factory=Scores)
     psnr_pinv: float | None = None
     notes: list[str] = field(default_factory=list)
+    samples: torch.Tensor | None = None
+    sample_scores: list[Scores] = field(default_factory=list)
+
+    @property
+    def spread(self) -> torch.Tensor | None:
+        """The samples' pixel-wise standard deviation (of the clipped samples, averaged over channels),
+        ``[1, 1, H, W]`` in the images' [-1, 1] units; None for a single sample."""
+        return None if self.samples is None else sample_spread(self.samples)
+
+
+def sample_spread(samples: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise standard deviation of ``[N, C, H, W]`` samples (clipped to [-1, 1]), averaged over channels:
+    ``[1, 1, H, W]``."""
+    return samples.clamp(-1, 1).std(dim=0, unbiased=False).mean(dim=0, keepdim=True)[None]
 
 
 def group_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
@@ -83,6 +103,15 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(exc)
+
+
+def misfit_hint(solver: Solver) -> str:
+    """What to change when a solver's estimate does not fit the measurement."""
+    min_steps = getattr(solver, "min_steps", None)
+    steps = getattr(solver, "steps", None)
+    if min_steps is not None and steps is not None and steps < 4 * min_steps:
+        return f"use more steps (now {steps}; it needs at least {min_steps}, often more)"
+    return str(getattr(solver, "hint", "check the prior and the measurement"))
 
 
 def solve_jobs(
@@ -113,9 +142,11 @@ def solve_jobs(
         ReddiffError: one image alone does not fit in memory.
     """
     notes = notes if notes is not None else []
-    op = stack([job.operator.to(device) for job in batch])
-    y = torch.cat([job.y for job in batch]).to(device)
-    gens = [_generator(job.seeds.solver, device) for job in batch]
+    counts = [max(1, int(job.samples)) for job in batch]
+    op = stack([job.operator.to(device) for job, n in zip(batch, counts) for _ in range(n)])
+    y = torch.cat([job.y.expand(n, *job.y.shape[1:]) for job, n in zip(batch, counts)]).to(device)
+    gens = [_generator(job.seeds.for_sample(k, job.name), device) for job, n in zip(batch, counts) for k in range(n)]
+    groups = tuple(i for i, n in enumerate(counts) for _ in range(n)) if max(counts) > 1 else None
     remarks: list[str] = []
 
     def on_step(info: StepInfo) -> None:
@@ -131,7 +162,7 @@ def solve_jobs(
     t0 = time.perf_counter()
     try:
         with count_evals(prior) as evals:
-            mu = solver(prior, Problem(y, op, noise=noise), generator=gens, callback=on_step)
+            mu = solver(prior, Problem(y, op, noise=noise, groups=groups), generator=gens, callback=on_step)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         if not _is_oom(exc):
             raise
@@ -154,14 +185,31 @@ def solve_jobs(
     seconds = (time.perf_counter() - t0) / len(batch)
     mu = mu.cpu()
     outcomes = []
-    for i, job in enumerate(batch):
+    start = 0
+    data_range = getattr(prior, "data_range", None)
+    for job, n in zip(batch, counts):
         job.operator = job.operator.cpu()
-        est = mu[i : i + 1]
-        scores, base = Scores(), None
+        drawn = mu[start : start + n]
+        start += n
+        job_notes = list(remarks)
+        fit = measurement_fit(job.operator, job.y.cpu().to(drawn.dtype), drawn, data_range)
+        if fit >= MISFIT:  # the solver did not restore this measurement: say so wherever its result goes
+            job_notes.append(f"{solver.label}'s estimate of {job.name} fits the measurement no better than a blank "
+                             f"image (residual {fit:.2f}x): it is not a restoration; {misfit_hint(solver)}")
+            notes.append(job_notes[-1])
+            if say is not None:
+                say(f"reddiff: warning: {job_notes[-1]}")
+        samples = drawn if n > 1 else None
+        # the mean of the samples as they are saved (clipped to the data's range)
+        est = (drawn.clamp(*data_range) if data_range is not None else drawn).mean(dim=0, keepdim=True) if n > 1 \
+            else drawn
+        scores, base, per_sample = Scores(), None, []
         if job.clean is not None:
             scores = score(est.clamp(-1, 1), job.clean)
             base = pinv_psnr(job.operator, job.y.cpu(), job.clean.cpu())
-        outcomes.append(Outcome(job, est, seconds, evals.count, scores, base, list(remarks)))
+            if samples is not None:
+                per_sample = [score(s[None].clamp(-1, 1), job.clean) for s in samples]
+        outcomes.append(Outcome(job, est, seconds, evals.count, scores, base, job_notes, samples, per_sample))
     return outcomes
 
 
@@ -183,6 +231,10 @@ class Restoration:
         solver: the solver's fields (run record).
         preset: the prior's preset the solver started from (empty if none).
         notes: the solver's one-line remarks (e.g. the start RED-diff chose itself).
+        samples: with ``num_samples > 1``, every sample ``[N, C, H, W]`` clipped to [-1, 1] (``estimate`` is their
+            mean); else None.
+        sample_psnrs: each sample's PSNR (empty for a single sample).
+        spread: the samples' pixel-wise standard deviation ``[1, 1, H, W]`` (:func:`sample_spread`), else None.
     """
 
     task: str
@@ -198,6 +250,9 @@ class Restoration:
     solver: dict[str, Any] = field(default_factory=dict)
     preset: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    samples: torch.Tensor | None = None
+    sample_psnrs: list[float] = field(default_factory=list)
+    spread: torch.Tensor | None = None
 
 
 def restore(
@@ -208,6 +263,7 @@ def restore(
     seed: int | Seeds = 0,
     callback: Callback | None = None,
     solver: Solver | None = None,
+    num_samples: int = 1,
     **solver_overrides: Any,
 ) -> Restoration:
     """Simulate a measurement of ``x``, restore it and score the result: the whole experiment in one call.
@@ -220,10 +276,13 @@ def restore(
         seed: an integer (operator and noise from ``seed``, solver from ``seed + 1``) or :class:`Seeds`.
         callback: per-step callback of the solver.
         solver: the solver to use (default: RED-diff with the prior's preset for the task, if any).
+        num_samples: restorations to draw of the one measurement (sample 0 is the single-sample result when they
+            do not interact; with RED-diff's ``repulsion > 0`` they repel each other); the estimate is their mean.
         **solver_overrides: RED-diff fields over the preset (``lam=...``, ``steps=...``); only without ``solver``.
 
     Example:
-        ``r = reddiff.restore(prior, x, "sr:4", 0.05); print(r.psnr)``
+        ``r = reddiff.restore(prior, x, "sr:4", 0.05); print(r.psnr)``;
+        ``reddiff.restore(prior, x, "inpaint-box", num_samples=4, repulsion=0.1).spread``
     """
     from ..solvers.reddiff import RedDiff
     from ..tools.presets import preset_for_prior
@@ -237,11 +296,15 @@ def restore(
         solver = RedDiff.from_preset(prior, op.task, model.sigma_y, **solver_overrides)
     elif solver_overrides:
         raise ReddiffError("give either a solver or RED-diff overrides, not both")
-    job = Job(op.task, op, y, seeds, clean=x)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ReddiffError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    job = Job(op.task, op, y, seeds, clean=x, samples=num_samples)
     (out,) = solve_jobs(solver, prior, [job], x.device, model, callback=callback)
     return Restoration(
         task=op.task, operator=op, y=y.cpu(), estimate=out.estimate.clamp(-1, 1),
         measurement_image=op.y_to_image(y.cpu()).clamp(-1, 1), clean=x.cpu(), psnr=float(out.scores.psnr),
         ssim=out.scores.ssim, psnr_measurement=out.psnr_pinv, seconds=out.seconds, solver=solver.to_dict(),
         preset=preset, notes=out.notes,
+        samples=None if out.samples is None else out.samples.clamp(-1, 1),
+        sample_psnrs=[float(sc.psnr) for sc in out.sample_scores], spread=out.spread,
     )

@@ -15,8 +15,8 @@ from ..metrics import psnr, ssim
 from ..noise import GaussianNoise, NoiseModel
 from ..operators import LinearOperator, Operator, make_operator, parse_task
 
-__all__ = ["derive_seed", "Seeds", "as_noise", "operator_for", "simulate", "Scores", "score", "pinv_psnr",
-           "SSIM_MIN_SIZE"]
+__all__ = ["MISFIT", "SSIM_MIN_SIZE", "Scores", "Seeds", "as_noise", "derive_seed", "measurement_fit", "operator_for",
+           "pinv_psnr", "score", "simulate"]
 
 #: SSIM's Gaussian window (11 taps): images with a side below this get no SSIM.
 SSIM_MIN_SIZE = 11
@@ -50,6 +50,11 @@ class Seeds:
     def from_seed(cls, seed: int) -> Seeds:
         """The library's one-seed rule (:func:`reddiff.restore`): operator ``seed``, solver ``seed + 1``."""
         return cls(int(seed), int(seed) + 1)
+
+    def for_sample(self, k: int, name: str = "") -> int:
+        """The solver seed of sample ``k`` of this image (``--num-samples``): sample 0 has the image's own solver
+        seed, so it equals the single-sample result when the samples do not interact; the others are derived."""
+        return self.solver if k == 0 else derive_seed(self.solver, name, f"sample {k}")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -132,3 +137,22 @@ def pinv_psnr(operator: Any, y: torch.Tensor, clean: torch.Tensor) -> float | No
         return None
     with torch.no_grad():
         return score(operator.A_dagger(y).clamp(-1, 1), clean).psnr
+
+
+#: An estimate whose residual is at least this share of a blank image's does not restore the measurement.
+MISFIT = 1.0
+
+
+def measurement_fit(operator: Any, y: torch.Tensor, estimate: torch.Tensor,
+                    data_range: tuple[float, float] | None = (-1.0, 1.0)) -> float:
+    """How much of the measurement an estimate leaves unexplained: ``||y - A(x)|| / ||y - A(0)||`` (per sample,
+    the largest), with ``x`` clipped to ``data_range`` as it is saved (None: not clipped); ``A(0)`` is the
+    measurement of a blank (mid-grey) image. A restoration leaves about the noise's share; :data:`MISFIT` or more
+    means the estimate fits the measurement no better than a blank image (a sampler with too few steps, a
+    diverged run)."""
+    with torch.no_grad():
+        x = estimate.to(y.dtype)
+        x = x.clamp(*data_range) if data_range is not None else x
+        resid = (y - operator.A(x)).flatten(1).norm(dim=1)
+        blank = (y - operator.A(torch.zeros_like(x))).flatten(1).norm(dim=1)
+        return float((resid / blank.clamp_min(torch.finfo(y.dtype).tiny)).max())

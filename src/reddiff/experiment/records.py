@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ReddiffError
-from ..io import json_safe, make_grid, save_image, write_json
+from ..io import heat_map, json_safe, make_grid, save_image, write_json
 from ..operators.inpainting import Inpainting
 from ..runtime import runtime_of
 from .jobs import Outcome
@@ -27,6 +27,10 @@ __all__ = ["ESTIMATE", "MEASUREMENT", "GRID", "RUN_JSON", "MASK", "OutputDir", "
 
 #: Output file names inside ``DIR/<image name>/``.
 ESTIMATE, MEASUREMENT, GRID, RUN_JSON, MASK = "estimate.png", "measurement.png", "grid.png", "run.json", "mask.png"
+#: With several samples: ``samples/sample_00.png``, ... and the pixel-wise spread as a heat map.
+SAMPLES, SPREAD = "samples", "spread.png"
+#: Samples shown in the grid (all are written).
+GRID_SAMPLES = 4
 
 
 def _one_line(exc: OSError) -> str:
@@ -173,6 +177,16 @@ def write_outputs(
     if mask is not None:
         outputs["mask"] = str(save_image(mask, d / MASK))
     tiles, labels = [meas_img, est], ["measurement", label]
+    spread = outcome.spread
+    if outcome.samples is not None and spread is not None:
+        samples = outcome.samples.clamp(-1, 1)
+        outputs["samples"] = [str(save_image(smp[None], d / SAMPLES / f"sample_{k:02d}.png"))
+                              for k, smp in enumerate(samples)]
+        outputs["spread"] = str(save_image(heat_map(spread), d / SPREAD))
+        shown = min(GRID_SAMPLES, len(samples))
+        tiles = [meas_img, *[smp[None] for smp in samples[:shown]], est, heat_map(spread)]
+        labels = ["measurement", *[f"sample {k + 1}" for k in range(shown)], f"mean of {len(samples)}",
+                  f"spread <= {float(spread.max()) / 2:.3f}"]
     if job.clean is not None:
         tiles.append(job.clean.cpu())
         labels.append("ground truth")
@@ -180,6 +194,13 @@ def write_outputs(
     metrics: dict[str, Any] = {**outcome.scores.to_dict()}
     if job.clean is not None and outcome.psnr_pinv is not None:
         metrics["psnr_pinv"] = outcome.psnr_pinv
+    if outcome.samples is not None and spread is not None:
+        # the spread in 0..1 pixel units, as a person reads it (the images' [-1, 1] units halved)
+        metrics["samples"] = {"count": len(outcome.samples), "spread_mean": float(spread.mean()) / 2,
+                              "spread_max": float(spread.max()) / 2}
+        if outcome.sample_scores:
+            metrics["samples"]["psnr"] = [sc.psnr for sc in outcome.sample_scores]
+            metrics["samples"]["ssim"] = [sc.ssim for sc in outcome.sample_scores]
     record: dict[str, Any] = {**metrics, "name": job.name, "input": str(job.source),
                               "seconds": round(outcome.seconds, 4), "network_evals": outcome.network_evals}
     outputs["run"] = str(d / RUN_JSON)

@@ -57,12 +57,15 @@ class Problem:
             0..1 pixel units and doubles it once); ignored when ``noise`` is given, which then sets it.
         noise: the :class:`reddiff.noise.NoiseModel` whose likelihood gives the solvers' data terms (default:
             Gaussian with ``sigma_y``). Always set after construction.
+        groups: which batch entries are samples of one measurement: entry ``i`` belongs to group ``groups[i]``
+            (RED-diff's ``repulsion`` acts among the members of a group); None: every entry is alone.
     """
 
     y: torch.Tensor
     operator: Operator
     sigma_y: float = 0.0
     noise: NoiseModel = None  # type: ignore[assignment]
+    groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         sigma_y = float(self.sigma_y)
@@ -82,6 +85,12 @@ class Problem:
         elif sigma_y not in (0.0, self.noise.sigma_y):
             raise SolverError(f"sigma_y {sigma_y} disagrees with the noise model's {self.noise.sigma_y}; give one")
         object.__setattr__(self, "sigma_y", float(self.noise.sigma_y))
+        if self.groups is not None:
+            groups = tuple(int(g) for g in self.groups)
+            if len(groups) != self.batch_size:
+                raise SolverError(f"groups must name the group of each of the {self.batch_size} batch entries, got "
+                                  f"{len(groups)}")
+            object.__setattr__(self, "groups", groups)
 
     @property
     def batch_size(self) -> int:
@@ -336,6 +345,18 @@ class Sampler(Solver):
 
     #: what to suggest when the sample stops being finite.
     hint: ClassVar[str] = "check the prior and the measurement"
+    #: the fewest steps with which the sampler was seen to return images related to the measurement (None: no
+    #: known limit); fewer give a one-line note at the first step.
+    min_steps: ClassVar[int | None] = None
+
+    def few_steps_note(self) -> str | None:
+        """The note for a run with fewer than :attr:`min_steps` steps, else None."""
+        steps = int(self.steps)  # type: ignore[attr-defined]
+        if self.min_steps is None or steps >= self.min_steps:
+            return None
+        return (f"{self.label} with {steps} steps: below {self.min_steps} its guidance steps, taken through the "
+                "network at high noise, are not corrected by later ones and the result often does not fit the "
+                f"measurement at all; use --steps {self.min_steps} or more")
 
     def prepare(self, ctx: SampleContext) -> Any:
         """Per-run quantities for :meth:`step` (stored in ``ctx.state``); the default computes nothing."""
@@ -371,6 +392,7 @@ class Sampler(Solver):
         schedule = prior.schedule
         spacing = getattr(self, "timestep_spacing", "linspace")
         timesteps = schedule.timesteps(steps, "descending", spacing=spacing).tolist()
+        note = self.few_steps_note() if problem is not None else None
         for i, t in enumerate(timesteps):
             a_t = schedule.abar_of(t)
             a_prev = schedule.abar_of(timesteps[i + 1]) if i + 1 < len(timesteps) else 1.0
@@ -379,5 +401,6 @@ class Sampler(Solver):
             x = x.detach()
             check_finite(self.label, i, t, x, "sample", self.hint)
             if callback is not None:
-                callback(StepInfo(step=i, num_steps=len(timesteps), t=t, x=x0_hat.detach(), losses=losses))
+                callback(StepInfo(step=i, num_steps=len(timesteps), t=t, x=x0_hat.detach(), losses=losses,
+                                  note=note if i == 0 else None))
         return x

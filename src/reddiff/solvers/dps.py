@@ -44,6 +44,10 @@ class DPS(Sampler):
 
     name = "dps"
     label = "DPS"
+    # with the bundled prior on 48 px training crops (sr:4, inpaint-random:0.8, deblur-gauss), 10 steps returned
+    # images unrelated to the measurement on all 9 problems and 20 steps on 8 (3-4 dB, residual 2.1-3.4x the
+    # measurement's size); 50 gave 16-28 dB (benchmarks/results/few_steps.json)
+    min_steps = 50
 
     def normalize(self) -> None:
         check_robust(self)

@@ -92,6 +92,9 @@ class PiGDM(Sampler):
 
     name = "pigdm"
     label = "ΠGDM"
+    # with the bundled prior on 48 px training crops, 10 steps returned unrelated images on 3 of 9 problems
+    # (3-10 dB, residual 1.2-3.2x the measurement's size), 20 gave 14-25 dB (benchmarks/results/few_steps.json)
+    min_steps = 20
     requires = (LinearOperator,)
     hint = "try a smaller guidance_scale"
 

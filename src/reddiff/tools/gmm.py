@@ -25,7 +25,7 @@ from ..prior import DiffusionPrior
 from ..schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["GaussianMixture", "GaussianMixturePrior", "GaussianMixtureDenoiser", "sliced_wasserstein",
-           "dense_matrix"]
+           "dense_matrix", "ring_problem", "modes_covered"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -399,3 +399,41 @@ def sliced_wasserstein(a: Tensor, b: Tensor, directions: int = 100, generator: t
         q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
         pa, pb = torch.quantile(pa, q, dim=0), torch.quantile(pb, q, dim=0)
     return float(((pa - pb) ** 2).mean().sqrt())
+
+
+def ring_problem(seed: int, samples: int, modes: int = 8, radius: float = 2.0, variance: float = 0.05,
+                 sigma_y: float = 0.1) -> tuple[GaussianMixturePrior, Any, GaussianMixture]:
+    """A posterior with ``modes`` equal, well separated modes, for measuring how many of them a group of samples
+    covers: the prior's components (variance ``variance`` I) sit on a circle of ``radius`` in coordinates 3 and 4
+    of R^4; the measurement observes coordinates 1 and 2 (all components agree there) with noise ``sigma_y``, drawn
+    from ``seed``.
+
+    Returns:
+        ``(prior, problem, posterior)``: the problem holds the measurement ``samples`` times, as one group.
+    """
+    from ..operators.matrix import MatrixOperator
+    from ..solvers.base import Problem
+
+    f64 = torch.float64
+    angles = torch.arange(modes, dtype=f64) * 2 * math.pi / modes
+    means = torch.zeros(modes, 4, dtype=f64)
+    means[:, 2], means[:, 3] = radius * torch.cos(angles), radius * torch.sin(angles)
+    covs = variance * torch.eye(4, dtype=f64).expand(modes, 4, 4).clone()
+    prior = GaussianMixturePrior(means, covs, torch.ones(modes, dtype=f64))
+    a = torch.zeros(2, 4, dtype=f64)
+    a[0, 0] = a[1, 1] = 1.0
+    op = MatrixOperator(a)
+    y = sigma_y * torch.randn(1, 2, generator=torch.Generator().manual_seed(seed), dtype=f64)
+    problem = Problem(y.expand(samples, 2).clone(), op, sigma_y, groups=(0,) * samples)
+    return prior, problem, prior.posterior(op, y, sigma_y)
+
+
+def modes_covered(posterior: GaussianMixture, x: Tensor, within: float = 3.0) -> tuple[int, float]:
+    """How many of the posterior's components hold a sample, counting only samples within ``within`` standard
+    deviations (of the component's largest) of the mean of their most responsible component; and the share of
+    samples that lie so inside a mode."""
+    x = _as64(x).reshape(x.shape[0], -1)
+    comp = posterior.responsibilities(x).argmax(dim=1)
+    scale = torch.linalg.eigvalsh(posterior.covariances[comp]).amax(dim=-1).sqrt()
+    inside = (x - posterior.means[comp]).norm(dim=1) < within * scale * math.sqrt(x.shape[1])
+    return len(set(comp[inside].tolist())), float(inside.double().mean())
