@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 
 import pytest
@@ -29,6 +30,25 @@ def test_preset_selection_by_noise_level():
     assert preset_for(PRESETS, "denoise", 0.0) == {"lam": 2.0, "lr": 0.01, "steps": 3}
     assert preset_for(PRESETS, "colorize", 0.0) == {}
     assert preset_for(None, "sr:4", 0.0) == {}
+
+
+def test_composites_combine_their_parts_presets_and_aliases_borrow():
+    from reddiff.tools.presets import combine_presets
+
+    # sr at 0.02 (first entry) with denoise: most steps, geometric means of lam and lr; weighting only sr sets
+    got = preset_for(PRESETS, "sr:4+denoise", 0.02)
+    assert got == {"lam": pytest.approx(math.sqrt(0.3 * 2.0), rel=1e-3), "lr": pytest.approx(math.sqrt(0.2 * 0.01),
+                                                                                            rel=1e-3), "steps": 4}
+    assert preset_for(PRESETS, "denoise+sr:2", 0.2)["lam"] == pytest.approx(math.sqrt(0.9 * 2.0), rel=1e-3)
+    assert preset_for(PRESETS, "sr:4+colorize", 0.0) == {}  # a part without a preset: none
+    own = {"tasks": {**PRESETS["tasks"], "sr+denoise": [{"max_sigma_y": None, "lam": 7.0, "steps": 9}]}}
+    assert preset_for(own, "sr:2+denoise", 0.0) == {"lam": 7.0, "steps": 9}  # its own presets win
+    assert combine_presets([{"init": "classical", "t_max": 50, "weighting": "const"},
+                            {"init": "pinv", "t_max": 200, "weighting": "linear"}]) == \
+        {"init": "pinv", "t_max": 200, "weighting": "const"}
+    assert combine_presets([{"t_max": 50}, {"t_max": None}]) == {"t_max": None}  # None: every timestep
+    freeform = {"tasks": {"inpaint-freeform": [{"max_sigma_y": None, "lam": 0.5}]}}
+    assert preset_for(freeform, "inpaint-mask", 0.0) == {"lam": 0.5}
 
 
 def test_presets_file_beside_weights(tmp_path):
@@ -90,6 +110,31 @@ def test_bundled_prior_ships_with_presets_for_the_main_tasks(capsys):
     # every setting of a preset is shown (t_max, init and the schedule matter as much as lam and lr)
     line = next(ln for ln in out.splitlines() if "preset sr " in ln)
     assert all(f"{k} {v}" in line for k, v in preset_for(presets, "sr:4", 0.02).items())
+
+
+def test_every_builtin_task_has_a_bundled_preset(capsys):
+    """The bundled prior has a preset (at most 100 steps, a valid solver) for every registered task, recorded with
+    the sweep that chose it; `reddiff list priors` shows one line per task. A new task fails here until swept."""
+    from reddiff.networks.hub import bundled_weights
+    from reddiff.operators.registry import task_specs
+    from reddiff.solvers.reddiff import RedDiff
+    from reddiff.tools.presets import PRESET_ALIASES
+
+    presets = load_presets(bundled_weights())
+    missing = [name for name in task_specs() if not preset_for(presets, name, 0.02)]
+    assert not missing, f"tasks without a bundled preset: {missing}; sweep them with benchmarks/sweep_presets.py"
+    for name in task_specs():
+        chosen = preset_for(presets, name, 0.02)
+        assert chosen["steps"] <= 100 and RedDiff(**chosen).lam == chosen["lam"], name
+    swept = {task.split(":")[0] for task in presets["provenance"]["candidates"]}
+    assert set(presets["tasks"]) <= swept  # every preset has its sweep's candidates and crops on record
+    assert set(presets["provenance"]["crops"]) == set(presets["provenance"]["candidates"])
+    assert main(["list", "priors"]) == 0
+    out = capsys.readouterr().out
+    bundled = out.split("  bundled", 1)[1].split("\n  imagenet", 1)[0]
+    for name in task_specs():
+        assert f"preset {name} " in bundled, name
+    assert all(f"as {target}" in bundled for target in PRESET_ALIASES.values())
 
 
 def test_demo_with_the_bundled_prior_on_a_small_image(capsys, tmp_path, small_image):

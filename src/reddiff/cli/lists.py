@@ -24,14 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _priors() -> dict[str, Any]:
     from ..networks.hub import BUNDLED, NAMED_PRIORS, bundled_weights, cache_dir
-    from ..tools.presets import load_presets
+    from ..tools.presets import PRESET_ALIASES, load_presets
 
     bundled = bundled_weights()
     presets = load_presets(bundled) if bundled.is_file() else None
     priors: dict[str, Any] = {
         BUNDLED: {"description": "small natural-image prior shipped with reddiff (docs/MODEL_CARD.md); the default",
                   "file": str(bundled), "cached": bundled.is_file(), "sources": ["package data"],
-                  "presets": (presets or {}).get("tasks", {}), "presets_provenance": (presets or {}).get("provenance")}
+                  "presets": (presets or {}).get("tasks", {}), "presets_provenance": (presets or {}).get("provenance"),
+                  "preset_aliases": {a: t for a, t in PRESET_ALIASES.items()
+                                     if t in (presets or {}).get("tasks", {}) and a not in presets["tasks"]}}
     }
     priors.update({name: {"description": p.description, "file": p.filename, "route": "named",
                           "family": "vp", "prediction": "epsilon",
@@ -129,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
                     bound = "any sigma_y" if e.get("max_sigma_y") is None else f"sigma_y <= {e['max_sigma_y']:g}"
                     settings = "  ".join(f"{k} {val}" for k, val in e.items() if k not in ("max_sigma_y", "note"))
                     print(f"  {'':<28}   preset {family:<16} {bound:<18} {settings}")
+            for alias, target in (v.get("preset_aliases") or {}).items():
+                print(f"  {'':<28}   preset {alias:<16} {'as ' + target:<18} (a mask you draw: the brush-stroke "
+                      "presets)")
+            if v.get("presets"):
+                print(f"  {'':<28}   preset TASK+TASK{'':<7} {'combined':<18} most steps and widest t_max of the "
+                      "parts, geometric mean of their lam and lr (docs/MODEL_CARD.md)")
     if "solvers" in data:
         print("solvers:")
         for k, v in data["solvers"].items():
