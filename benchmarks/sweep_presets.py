@@ -30,6 +30,7 @@ from reddiff import load_prior
 from reddiff.experiment import restore
 from reddiff.io import from_unit
 from reddiff.schedule import VPSchedule
+from reddiff.solvers import RedDiff
 from reddiff.tools.data import HELD_OUT, builtin_training_images
 from reddiff.tools.presets import presets_path
 
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = {**cand, "steps": args.steps}
             if "t_max" in settings:  # the grid's t_max are VP indices (T = 1000): the same noise level here
                 settings["t_max"] = on_prior_schedule(prior, settings["t_max"])
-            vals = [restore(prior, x, task, 2 * noise, seed=1000 + i, **settings).psnr
+            # the candidate alone: a preset already on disk must not fill in the fields it leaves to the defaults
+            vals = [restore(prior, x, task, 2 * noise, seed=1000 + i, solver=RedDiff(**settings)).psnr
                     for i, (_, x) in enumerate(images)]
             scores.append((float(np.mean(vals)), settings))
             table.append({"task": task, "sigma_y": noise, **settings, "psnr": float(np.mean(vals)),
