@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Metric weights are looked for only where a test puts them, never in the developer's caches.
+_METRIC_HOME = tempfile.mkdtemp(prefix="reddiff-test-metrics-")
+os.environ["REDDIFF_METRICS_DIR"] = os.path.join(_METRIC_HOME, "metrics")
+os.environ["TORCH_HOME"] = os.path.join(_METRIC_HOME, "torch")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

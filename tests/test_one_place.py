@@ -187,6 +187,6 @@ def test_package_root_shows_the_core_and_exports_one_list():
         assert name in r.__all__
     root = Path(r.__file__).parent
     modules = sorted(p.stem for p in root.glob("*.py"))
-    assert modules == ["__init__", "__main__", "errors", "io", "metrics", "noise", "params", "prediction", "prior",
+    assert modules == ["__init__", "__main__", "errors", "io", "noise", "params", "prediction", "prior",
                        "runtime", "schedule", "usercode"]
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", r.__version__)

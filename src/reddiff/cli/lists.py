@@ -9,14 +9,14 @@ from typing import Any
 
 NAME = "list"
 RANK = 6
-HELP = "list tasks, priors or solvers"
+HELP = "list tasks, priors, solvers or metrics"
 DESCRIPTION = ("List what reddiff offers: the tasks with their parameters, the priors with their presets and whether "
                "they are cached, and the solvers with every field and its default (--markdown: the solver tables "
-               "of the README).")
+               "of the README), and the metrics with the weight files they need and whether those are here.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="?", default="all", choices=["tasks", "priors", "solvers", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["tasks", "priors", "solvers", "metrics", "all"])
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON")
     out.add_argument("--markdown", action="store_true", help="print the solvers' fields as Markdown tables")
@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         data["prior_routes"] = [{"route": r, "spec": f, "loads": w} for r, f, w in ROUTES]
     if args.what in ("solvers", "all"):
         data["solvers"] = {name: cls().to_dict() for name, cls in SOLVERS.items()}
+    if args.what in ("metrics", "all"):
+        from ..metrics.registry import METRICS, metric_status
+
+        data["metrics"] = {name: metric_status(name) for name in METRICS}
     if args.json:
         print(dumps(data, indent=2))
         return 0
@@ -142,4 +146,20 @@ def run(args: argparse.Namespace) -> int:
         for k, v in data["solvers"].items():
             fields = ", ".join(f"{a}={b}" for a, b in v.items() if a != "solver")
             print(f"  {k:<28} {fields}")
+    if "metrics" in data:
+        _print_metrics(data["metrics"])
     return 0
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    from ..metrics.registry import unavailable_reason
+    from ..metrics.weights import metrics_dir
+
+    print(f"metrics (weights: {metrics_dir()}, then PyTorch's hub cache):")
+    for name, m in metrics.items():
+        state = "available" if m["available"] else "unavailable"
+        print(f"  {name:<10} {m['kind']:<6} {m['better']:<7} {state:<12} {m['description']}")
+        for w in m["weights"]:
+            print(f"  {'':<10}   {w['file']}: {w['found'] or 'missing (' + w['url'] + ')'}")
+        if not m["available"]:
+            print(f"  {'':<10}   {unavailable_reason(name)}")

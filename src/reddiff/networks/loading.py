@@ -29,6 +29,7 @@ __all__ = [
     "load_network",
     "load_state_dict_file",
     "save_network",
+    "state_dict_mismatch",
 ]
 
 _WRAPPER_KEYS = ("state_dict", "model", "ema", "model_state_dict", "ema_model")
@@ -134,7 +135,8 @@ def _read_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _mismatch(state_dict: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+def state_dict_mismatch(state_dict: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+    """What differs between a checkpoint's keys and shapes and a model's, in one line (None when nothing)."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
@@ -172,7 +174,7 @@ def check_architecture(state_dict: Mapping[str, Any], config: Mapping[str, Any])
     """
     with torch.device("meta"):
         net = create_model(**config)
-    problem = _mismatch(state_dict, net.state_dict())
+    problem = state_dict_mismatch(state_dict, net.state_dict())
     if problem:
         raise CheckpointError(
             f"checkpoint does not match the architecture: {problem}; pass the right --prior-config "

@@ -1,11 +1,18 @@
-"""Image quality metrics on [0, 1] images: PSNR and SSIM (Wang et al. 2004, Gaussian window)."""
+"""Image quality metrics.
+
+- :func:`psnr`, :func:`ssim` (Wang et al. 2004, Gaussian window) on [0, 1] images, defined here;
+- :class:`LPIPS` (AlexNet or VGG-16) in :mod:`.perceptual`, FID and KID on Inception features in
+  :mod:`.distribution`, all in pure PyTorch on networks defined in :mod:`.backbones`, with published weights found
+  or fetched by :mod:`.weights`; :mod:`.registry` says which metrics are available here.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["METRICS", "LPIPS", "InceptionFeatures", "available_metrics", "fetch_weights", "fid_from_features",
+           "frechet_distance", "kid_from_features", "psnr", "ssim"]
 
 
 def _as_batch(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -82,3 +89,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
     out = s.flatten(1).mean(1)
     return out[0] if squeeze else out
 
+
+
+from .distribution import InceptionFeatures, fid_from_features, frechet_distance, kid_from_features  # noqa: E402
+from .perceptual import LPIPS  # noqa: E402
+from .registry import METRICS, available_metrics  # noqa: E402
+from .weights import fetch_weights  # noqa: E402
