@@ -56,6 +56,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "restore": ("reddiff.experiment", "restore"),
     "simulate": ("reddiff.experiment", "simulate"),
     "score": ("reddiff.experiment", "score"),
+    "evaluate": ("reddiff.experiment.evaluation", "evaluate"),
+    "LPIPS": ("reddiff.metrics", "LPIPS"),
     "Runtime": ("reddiff.runtime", "Runtime"),
     "GaussianMixturePrior": ("reddiff.tools.gmm", "GaussianMixturePrior"),
     "sliced_wasserstein": ("reddiff.tools.gmm", "sliced_wasserstein"),
@@ -92,7 +94,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import CheckpointError, OperatorError, ReddiffError, SolverError
     from .experiment import restore, score, simulate
-    from .metrics import psnr, ssim
+    from .experiment.evaluation import evaluate
+    from .metrics import LPIPS, psnr, ssim
     from .noise import GaussianNoise, NoiseModel, PoissonNoise
     from .operators import TASKS, LinearOperator, Operator, SVDOperator, make_operator
     from .operators.matrix import MatrixOperator
