@@ -259,3 +259,13 @@ def test_two_processes_match_one(tmp_path, data, adm_fixtures):
                 for s, rows in rep["per_image"].items()}
 
     assert scores(a) == scores(b) and len(b["per_image"]["reddiff"]) == 3
+
+
+def test_readme_lists_every_protocol_with_its_task():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for p in PROTOCOLS.values():
+        row = next((ln for ln in text.splitlines() if ln.startswith(f"| `{p.name}` |")), None)
+        assert row is not None, f"README lacks protocol {p.name}"
+        assert f"`{p.task}`" in row and f"| {p.sigma_y:g} |" in row and f"| {p.size} |" in row

@@ -12,7 +12,8 @@ RANK = 5
 HELP = "PSNR/SSIM of predicted images against references"
 DESCRIPTION = ("Match images by file name (DIR/<name>.png or a solve output DIR/<name>/estimate.png) and report PSNR "
                "(dB) and SSIM per image and their means, by the rule `solve` reports with (so eval on solve's files "
-               "gives the numbers solve printed).")
+               "gives the numbers solve printed). For the papers' protocol with every solver and LPIPS, FID and KID, "
+               "see `reddiff evaluate`.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -367,7 +367,7 @@ def write_grid(out: Path, names: Sequence[str], solvers: Sequence[str], labels: 
         tiles = [load_image(out / MEASUREMENTS / f"{n}.png", channels=3)]
         tiles += [load_image(_estimate_paths(out, s, n)[0], channels=3) for s in solvers]
         tiles.append(load_image(out / REFERENCES / f"{n}.png", channels=3))
-        caption = ["measurement", *[labels.get(s, s) for s in solvers], "reference"] if i == 0 else None
+        caption = ["measured", *[labels.get(s, s) for s in solvers], "reference"] if i == 0 else None
         rows.append(make_grid(tiles, caption))
     width = max(r.shape[-1] for r in rows)
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
