@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,44 @@ def _no_global_seed_leak():
     state = torch.random.get_rng_state()
     yield
     torch.random.set_rng_state(state)
+
+
+@pytest.fixture()
+def cli_env() -> dict[str, str]:
+    """The environment of a ``reddiff`` subprocess: one thread per process, offline, not inside another torchrun."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture()
+def run_reddiff(cli_env):
+    """Run ``python -m reddiff ARGS`` in a subprocess, or under ``torchrun`` with ``nproc`` processes; returns the
+    completed process (text output captured)."""
+
+    def run(*args: object, nproc: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+        head = [sys.executable]
+        if nproc:
+            head += ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc)]
+        return subprocess.run([*head, "-m", "reddiff", *map(str, args)], capture_output=True, text=True, env=cli_env,
+                              timeout=timeout)
+
+    return run
+
+
+@pytest.fixture()
+def stop_after_first(cli_env):
+    """Start ``python -m reddiff ARGS``, send SIGTERM as soon as ``folder.glob(pattern)`` finds a file (a finished
+    result), and return ``(exit code, stderr)``."""
+
+    def run(args: list[object], folder: Path, pattern: str) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "reddiff", *map(str, args)], env=cli_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(folder.glob(pattern)):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+
+    return run

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -46,12 +41,6 @@ def data(tmp_path):
 @pytest.fixture()
 def prior_args(adm_fixtures):
     return ["--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress"]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def test_centre_crop_resize_rule():
@@ -214,25 +203,20 @@ def test_bad_input_gives_one_line(capsys, tmp_path, data, prior_args):
     assert code == 2 and "other settings" in err and "--overwrite" in err
 
 
-def test_killed_evaluation_resumes_to_the_uninterrupted_result(tmp_path, data, adm_fixtures):
+def test_killed_evaluation_resumes_to_the_uninterrupted_result(tmp_path, data, adm_fixtures, run_reddiff,
+                                                              stop_after_first):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "reddiff", "evaluate", "--data", str(data), "--task", "inpaint-box", "--size", "32",
-            "--solvers", "reddiff,ddrm", "--steps", "60", "--prior", str(adm_fixtures / "tiny_a.pt"),
-            "--no-progress", "--output", str(out)]
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.glob("*/*.json")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    args = ["evaluate", "--data", str(data), "--task", "inpaint-box", "--size", "32", "--solvers", "reddiff,ddrm",
+            "--steps", "60", "--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress", "--output", str(out)]
+    code, err = stop_after_first(args, out, "*/*.json")
+    assert code == 143, err
     assert "resume" in err.strip().splitlines()[-1]
     finished = sorted(out.glob("*/*.json"))
     assert 1 <= len(finished) < 6 and not list(out.rglob("*.part"))
-    again = subprocess.run([*args, "--json"], env=_env(), capture_output=True, text=True, timeout=600)
+    again = run_reddiff(*args, "--json", timeout=600)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["skipped"] == len(finished)
-    ref = subprocess.run([*args[:-1], str(tmp_path / "ref")], env=_env(), capture_output=True, text=True, timeout=600)
+    ref = run_reddiff(*args[:-1], tmp_path / "ref", timeout=600)
     assert ref.returncode == 0, ref.stderr
     for solver in ("reddiff", "ddrm"):
         for name in ("astronaut", "chelsea", "coffee"):
@@ -241,15 +225,12 @@ def test_killed_evaluation_resumes_to_the_uninterrupted_result(tmp_path, data, a
             assert np.array_equal(a, b), (solver, name)
 
 
-def test_two_processes_match_one(tmp_path, data, adm_fixtures):
+def test_two_processes_match_one(tmp_path, data, adm_fixtures, run_reddiff):
     args = ["evaluate", "--data", str(data), "--task", "sr:2", "--sigma-y", "0.02", "--size", "32", "--solvers",
             "reddiff,ddrm", "--steps", "3", "--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress", "--json"]
-    one = subprocess.run([sys.executable, "-m", "reddiff", *args, "--output", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=_env(), timeout=300)
+    one = run_reddiff(*args, "--output", tmp_path / "one")
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                          "--nproc-per-node", "2", "-m", "reddiff", *args, "--output", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=_env(), timeout=300)
+    two = run_reddiff(*args, "--output", tmp_path / "two", nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads(one.stdout)
     b = json.loads([line for line in two.stdout.splitlines() if line.startswith("{")][-1])

@@ -174,7 +174,8 @@ def test_registries_are_filled_without_a_table():
             assert spec.check.describe(spec.symbol) in spec.describe()
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"solve", "degrade", "compare", "demo", "eval", "evaluate", "list", "train", "bench", "export"}
+    assert set(sub.choices) == {"solve", "degrade", "compare", "demo", "eval", "evaluate", "list", "train", "bench",
+                                "export"}
 
 
 def test_package_root_shows_the_core_and_exports_one_list():

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -28,25 +23,16 @@ def folder(tmp_path, small_image):
     return d
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 def _estimates(d, names):
     return {n: np.asarray(Image.open(d / n / "estimate.png")) for n in names}
 
 
-def test_two_processes_match_one(tmp_path, folder, adm_fixtures):
+def test_two_processes_match_one(tmp_path, folder, adm_fixtures, run_reddiff):
     args = ["solve", "--task", "inpaint-random:0.5", "--input", str(folder), "--prior",
             str(adm_fixtures / "tiny_a.pt"), "--steps", "3", "--no-progress", "--json", "--sigma-y", "0.02"]
-    one = subprocess.run([sys.executable, "-m", "reddiff", *args, "--output", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=_env(), timeout=300)
+    one = run_reddiff(*args, "--output", tmp_path / "one")
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                          "--nproc-per-node", "2", "-m", "reddiff", *args, "--output", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=_env(), timeout=300)
+    two = run_reddiff(*args, "--output", tmp_path / "two", nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads([line for line in two.stdout.splitlines() if line.startswith("{")][-1])
     assert summary["processes"] == 2 and len(summary["images"]) == 4
@@ -58,17 +44,13 @@ def test_two_processes_match_one(tmp_path, folder, adm_fixtures):
     assert metrics["psnr"] == pytest.approx(json.loads(one.stdout)["psnr"])
 
 
-def test_killed_run_leaves_complete_files_and_resumes(tmp_path, folder, adm_fixtures):
+def test_killed_run_leaves_complete_files_and_resumes(tmp_path, folder, adm_fixtures, run_reddiff,
+                                                      stop_after_first):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "reddiff", "solve", "--task", "sr:2", "--input", str(folder), "--prior",
-            str(adm_fixtures / "tiny_a.pt"), "--steps", "50", "--no-progress", "--output", str(out)]
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.glob("*/run.json")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err  # 128 + SIGTERM
+    args = ["solve", "--task", "sr:2", "--input", str(folder), "--prior", str(adm_fixtures / "tiny_a.pt"), "--steps",
+            "50", "--no-progress", "--output", str(out)]
+    code, err = stop_after_first(args, out, "*/run.json")
+    assert code == 143, err  # 128 + SIGTERM
     assert "resume" in err and len(err.strip().splitlines()) == 1
     finished = sorted(p.parent.name for p in out.glob("*/run.json"))
     assert 1 <= len(finished) < 4
@@ -77,13 +59,12 @@ def test_killed_run_leaves_complete_files_and_resumes(tmp_path, folder, adm_fixt
     for name in finished:
         assert {p.name for p in (out / name).iterdir()} == {"estimate.png", "measurement.png", "grid.png", "run.json"}
     # the same command again: finished images are skipped, the rest are done
-    again = subprocess.run([*args, "--json"], env=_env(), capture_output=True, text=True, timeout=600)
+    again = run_reddiff(*args, "--json", timeout=600)
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["skipped"] == len(finished) and len(summary["images"]) == 4
     # identical to an uninterrupted run of the same command
-    ref = subprocess.run([*args[:-1], str(tmp_path / "ref")], env=_env(), capture_output=True, text=True,
-                         timeout=600)
+    ref = run_reddiff(*args[:-1], tmp_path / "ref", timeout=600)
     assert ref.returncode == 0, ref.stderr
     names = [f"img{i}" for i in range(4)]
     a, b = _estimates(out, names), _estimates(tmp_path / "ref", names)
