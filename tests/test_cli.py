@@ -343,3 +343,23 @@ def test_poisson_noise_and_user_operator(capsys, tmp_path, small_image, prior_ar
     code, _, err = run(capsys, "solve", "--task", f"{op_file}:missing", "--input", small_image, "--output",
                        tmp_path / "v", *prior_args)
     _one_line_error(code, err, "missing")
+
+
+def test_solve_trajectory_gif(capsys, tmp_path, small_image, prior_args):
+    """--trajectory K: the estimate every K steps and the final one, as a GIF recorded in run.json."""
+    out = tmp_path / "t"
+    code, stdout, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", out, "--steps", "5",
+                            "--trajectory", "2", "--json", *prior_args)
+    assert code == 0, err
+    gif = out / "coffee" / "trajectory.gif"
+    im = Image.open(gif)
+    assert im.n_frames == 3  # steps 1, 3 and 5, whose mu is the estimate
+    assert im.size == (256, 256)  # 32 px frames enlarged 8x
+    im.seek(im.n_frames - 1)
+    est = Image.open(out / "coffee" / "estimate.png").convert("RGB").resize((256, 256), Image.Resampling.NEAREST)
+    assert np.abs(np.asarray(im.convert("RGB"), dtype=int) - np.asarray(est, dtype=int)).mean() < 6  # 256 colours
+    record = json.loads((out / "coffee" / "run.json").read_text())
+    assert record["outputs"]["trajectory"] == str(gif)
+    code, _, err = run(capsys, "solve", "--task", "sr:2", "--input", small_image, "--output", out, "--trajectory",
+                       "0", *prior_args)
+    assert code == 2 and "--trajectory" in err

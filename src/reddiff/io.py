@@ -26,6 +26,7 @@ __all__ = [
     "HEAT_COLOURS",
     "IMAGE_SUFFIXES",
     "heat_map",
+    "save_animation",
     "to_unit",
     "from_unit",
     "load_image",
@@ -172,6 +173,29 @@ def save_image(x: torch.Tensor, path: str | Path) -> Path:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower(), "PNG")
     with atomic_path(target) as tmp:
         img.save(tmp, format=fmt)
+    return target
+
+
+def save_animation(frames: Sequence[torch.Tensor], path: str | Path, frame_ms: int = 80,
+                   hold_ms: int = 1200, scale: int = 1) -> Path:
+    """Write images in [-1, 1] (each ``[C, H, W]`` or ``[1, C, H, W]``) as a looping GIF atomically, the last one
+    held for ``hold_ms``; ``scale`` enlarges each frame (nearest neighbour) so small images stay visible."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("an animation needs at least one frame")
+    pics = []
+    for f in frames:
+        arr = to_uint8(f)
+        img = Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+        pics.append(img)
+    durations = [frame_ms] * (len(pics) - 1) + [hold_ms]
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0,
+                     optimize=False)
     return target
 
 

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw N restorations of each measurement together: DIR/<name>/samples/sample_00.png ..., "
                         "their pixel-wise spread as a heat map (spread.png) and their mean as estimate.png; with "
                         "RED-diff, --repulsion G > 0 pushes the samples apart (default: %(default)s)")
+    p.add_argument("--trajectory", type=POS_INT, default=None, metavar="K",
+                   help="also write DIR/<name>/trajectory.gif: the estimate every K steps as it evolves (RED-diff's "
+                        "mu, a sampler's x0 prediction), the same view the browser app shows")
 
 
 def _match_channels(y_img: Any, op: Any) -> Any:
@@ -96,6 +99,28 @@ def _jobs(args: argparse.Namespace, files: list[Path], noise: Any, ranks: Any) -
             y = op.image_to_y(_match_channels(y_img, op))
         jobs.append(Job(f.stem, op, y, seeds, clean=x, source=f, samples=args.num_samples))
     return jobs
+
+
+#: The trajectory file inside DIR/<name>/.
+TRAJECTORY = "trajectory.gif"
+
+
+def _trajectory(frames: list[Any], row: int, outcome: Any, out_dir: Path) -> dict[str, str] | None:
+    """Write one image's trajectory (its rows of the batch's frames; the first sample's with --num-samples) as a
+    GIF, scaled up for small images; None when the frames do not cover the batch (a batch split for memory)."""
+    import torch
+
+    from ..io import save_animation
+
+    if not frames or frames[0].shape[0] <= row or frames[0].shape[1:] != outcome.estimate.shape[1:]:
+        return None
+    side = max(outcome.estimate.shape[-2:])
+    shown = [f[row:row + 1] for f in frames]
+    final = outcome.estimate.clamp(-1, 1)
+    if not torch.equal(shown[-1], final):  # a sampler's last x0 prediction, or the mean of several samples
+        shown.append(final)
+    path = save_animation(shown, out_dir / outcome.job.name / TRAJECTORY, scale=max(1, 256 // side))
+    return {"trajectory": str(path)}
 
 
 def _settings(job: Any, args: argparse.Namespace, noise: Any, solver: Any, prior: Any) -> dict[str, Any]:
@@ -182,18 +207,25 @@ def run(args: argparse.Namespace) -> int:
                 img_bar = progress(len(todo), "images", args.no_progress or len(todo) <= 1, position=1)
                 for batch in group_batches(todo, args.batch_size):
                     step_bar = progress(solver.steps, solver.label, args.no_progress)
+                    frames: list[Any] = []
 
-                    def on_step(info: Any, bar: Any = step_bar) -> None:
+                    def on_step(info: Any, bar: Any = step_bar, frames: list[Any] = frames) -> None:
                         advance(bar, info)
+                        if args.trajectory and (info.step % args.trajectory == 0 or info.step == info.num_steps - 1):
+                            frames.append(info.x.detach().cpu().clamp(-1, 1))
                         if (info.step % 10 == 0 or info.step == info.num_steps - 1) and "loss" in info.losses:
                             bar.set_postfix(loss=f"{info.losses['loss']:.4g}", t=info.t)
 
                     outcomes = solve_jobs(solver, prior, batch, device, noise, callback=on_step, notes=notes, say=say)
                     step_bar.close()
+                    rows = 0
                     for outcome in outcomes:
+                        extra = _trajectory(frames, rows, outcome, out_dir) if args.trajectory else None
+                        rows += max(1, outcome.job.samples)
                         records.append(write_outputs(outcome, out_dir, solver=solver, prior=prior, noise=noise,
                                                      preset=preset, base_seed=args.seed, sigma_y_pixel=args.sigma_y,
-                                                     device=str(args.device), label=solver.label))
+                                                     device=str(args.device), label=solver.label,
+                                                     extra_outputs=extra))
                         img_bar.update(1)
                 img_bar.close()
             return records, notes

@@ -149,6 +149,7 @@ def write_outputs(
     sigma_y_pixel: float,
     device: str,
     label: str,
+    extra_outputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write one image's estimate, measurement, mask (inpainting), grid and ``run.json`` (last) into
     ``folder/<name>/``, and return its summary record (metrics, seconds, output paths).
@@ -164,6 +165,7 @@ def write_outputs(
         sigma_y_pixel: the noise level in 0..1 pixel units, as given.
         device: the device it ran on.
         label: the solver's display name for the grid.
+        extra_outputs: files already written for this image (e.g. ``trajectory``), recorded with the others.
     """
     from .. import __version__
 
@@ -172,7 +174,7 @@ def write_outputs(
     est = outcome.estimate.clamp(-1, 1)
     meas_img = op.y_to_image(job.y.cpu()).clamp(-1, 1)
     outputs = {"estimate": str(save_image(est, d / ESTIMATE)),
-               "measurement": str(save_image(meas_img, d / MEASUREMENT))}
+               "measurement": str(save_image(meas_img, d / MEASUREMENT)), **(extra_outputs or {})}
     mask = mask_image(op)
     if mask is not None:
         outputs["mask"] = str(save_image(mask, d / MASK))
