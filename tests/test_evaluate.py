@@ -239,7 +239,8 @@ def test_two_processes_match_one(tmp_path, data, adm_fixtures, run_reddiff):
         return {s: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
                 for s, rows in rep["per_image"].items()}
 
-    assert scores(a) == scores(b) and len(b["per_image"]["reddiff"]) == 3
+    assert len(b["per_image"]["reddiff"]) == 3
+    assert scores(a) == scores(b), (scores(a), scores(b))
 
 
 def test_readme_lists_every_protocol_with_its_task():

@@ -175,7 +175,7 @@ def test_registries_are_filled_without_a_table():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"solve", "degrade", "compare", "demo", "eval", "evaluate", "list", "train", "bench",
-                                "export"}
+                                "export", "app"}
 
 
 def test_package_root_shows_the_core_and_exports_one_list():
