@@ -224,3 +224,41 @@ def test_cancel_two_sessions_and_a_client_that_leaves(server, browsers, pictures
     while time.time() < deadline and running.status != "cancelled":
         time.sleep(0.1)
     assert running.status == "cancelled" and running.folder is None  # nothing written for it
+
+
+def test_app_command_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    import sys
+
+    from reddiff.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the app extra were not installed
+    code = main(["app", "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'reddiff[app]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_api_refuses_bad_requests_with_one_line(server):
+    """The same checks without a browser: no session, unknown task and solver, a bad setting, a full queue."""
+    import json
+
+    def post(fields, cookie="s=1"):
+        boundary = "xxBOUNDARYxx"
+        body = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                       for k, v in fields.items()) + f"--{boundary}--\r\n"
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if cookie:
+            headers["Cookie"] = f"reddiff_session={cookie}"
+        req = urllib.request.Request(f"{server.url}/api/run", data=body.encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    base = {"sample": "astronaut", "task": "sr:4", "solver": "ddrm", "downscale": "1", "settings": '{"steps": "2"}'}
+    assert post(base, cookie=None) == (403, {"error": "no session: reload the page"})
+    for change, words in (({"task": "sr:x"}, "sr"), ({"solver": "magic"}, "unknown solver 'magic'"),
+                          ({"settings": '{"eta": "lots"}'}, "--eta"), ({"sigma_y": "-1"}, "noise level"),
+                          ({"sample": "nobody"}, "unknown sample"), ({"task": "deblur-motion"}, "DDRM cannot use")):
+        code, body = post({**base, **change})
+        assert code in (400, 503) and words in body["error"] and "\n" not in body["error"], (change, body)

@@ -389,7 +389,7 @@ async def parse_run(engine: Engine, form: Any) -> dict[str, Any]:
         raise ReddiffError("inpaint-mask needs a mask: paint the region to fill on the image, or upload a mask")
     if mask is not None and float(mask.mean()) > 0.999:
         raise ReddiffError("the mask leaves nothing to fill: paint the region to restore on the image")
-    operator_for(task, tuple(x.shape[1:]), 0, mask)  # a task the image cannot take fails here, before queueing
+    op, _ = operator_for(task, tuple(x.shape[1:]), 0, mask)  # a task the image cannot take fails here, not queued
     try:
         settings = json.loads(form.get("settings") or "{}")
     except json.JSONDecodeError:
@@ -397,6 +397,7 @@ async def parse_run(engine: Engine, form: Any) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise ReddiffError("settings must be a JSON object of field -> value")
     solver, preset = build_solver(engine, str(form.get("solver") or "reddiff"), task, sigma_y, settings)
+    solver.check_operator(op)  # e.g. DDRM needs an SVD: said now, not after waiting in the queue
     return {"image": x, "mask": mask, "task": task, "sigma_y": sigma_y, "seed": seed, "frames": frames,
             "solver": solver, "preset": preset, "name": name, "sha256": digest}
 
