@@ -305,9 +305,21 @@ function drawPlot() {
     v.forEach((p, i) => (i ? g.lineTo(x(p[0]), y(p[1])) : g.moveTo(x(p[0]), y(p[1]))));
     g.stroke();
   };
-  const key = (e) => ("loss" in e.losses ? "loss" : Object.keys(e.losses)[0]);
-  series(f.filter((e) => key(e) && e.losses[key(e)] > 0).map((e) => [e, Math.log10(e.losses[key(e)])]), "#1f77b4");
+  // each loss term on its own log scale (their sizes differ by orders of magnitude), PSNR on a linear one
+  const colours = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"];
+  const keys = Object.keys(f[f.length - 1].losses);
+  keys.forEach((k, i) => series(f.filter((e) => e.losses[k] > 0).map((e) => [e, Math.log10(e.losses[k])]),
+                                colours[i % colours.length]));
   series(f.filter((e) => e.psnr != null).map((e) => [e, e.psnr]), "#ff7f0e");
+  const legend = $("plot-legend");
+  legend.textContent = "";
+  [...keys.map((k, i) => [`■ ${k} (log)  `, colours[i % colours.length]]), ["■ PSNR dB", "#ff7f0e"]]
+    .forEach(([text, colour]) => {
+      const span = document.createElement("span");
+      span.textContent = text;
+      span.style.color = colour;
+      legend.appendChild(span);
+    });
 }
 
 init().catch((e) => showError(e.message));
