@@ -262,3 +262,25 @@ def test_api_refuses_bad_requests_with_one_line(server):
                           ({"sample": "nobody"}, "unknown sample"), ({"task": "deblur-motion"}, "DDRM cannot use")):
         code, body = post({**base, **change})
         assert code in (400, 503) and words in body["error"] and "\n" not in body["error"], (change, body)
+
+
+def test_upload_checks():
+    """Bytes, emptiness, decodability, a huge image refused before it is decoded, and the side limit."""
+    from reddiff.app.server import MAX_PIXELS, decode_upload
+    from reddiff.errors import ReddiffError
+
+    def png(size, mode="RGB"):
+        buf = io.BytesIO()
+        Image.new(mode, size).save(buf, format="PNG")
+        return buf.getvalue()
+
+    limits = Limits(max_side=64, max_upload_mb=0.05)
+    for data, words in ((b"", "empty"), (b"GIF89a not really", "could not be read"),
+                        (b"x" * 60_000, "the limit is 0.05 MB"),
+                        (png((9000, 5000), "1"), f"at most {MAX_PIXELS // 10**6} megapixels"),
+                        (png((80, 40)), "limit is 64 px")):
+        with pytest.raises(ReddiffError, match=words):
+            decode_upload(data, "image", limits, downscale=False)
+    assert decode_upload(png((80, 40)), "image", limits, downscale=True).shape == (1, 3, 32, 64)
+    grey = decode_upload(png((64, 48), "L"), "mask", limits, downscale=False, channels=1)
+    assert grey.shape == (1, 1, 48, 64) and grey.min() == -1

@@ -44,6 +44,8 @@ __all__ = ["Limits", "create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "reddiff_session"
+#: The most pixels an upload may have before it is decoded (downscaling happens after decoding).
+MAX_PIXELS = 40_000_000
 #: Files a finished job offers for download.
 FILES = ("estimate.png", "measurement.png", "grid.png", "run.json", "mask.png")
 
@@ -117,12 +119,18 @@ def decode_upload(data: bytes, what: str, limits: Limits, downscale: bool, chann
         raise ReddiffError(f"the {what} is {len(data) / 1e6:.1f} MB; the limit is {limits.max_upload_mb:g} MB")
     if not data:
         raise ReddiffError(f"the {what} is empty")
+    huge = None
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = im.convert("RGB" if channels == 3 else "L")
+            if im.width * im.height > MAX_PIXELS:  # refused before decoding: a small file can hold a huge image
+                huge = im.size
+            else:
+                im.load()
+                im = im.convert("RGB" if channels == 3 else "L")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise ReddiffError(f"the {what} could not be read as an image; use PNG, JPEG, BMP or TIFF") from None
+    if huge is not None:
+        raise ReddiffError(f"the {what} is {huge[0]}x{huge[1]}; at most {MAX_PIXELS // 10**6} megapixels are read")
     if max(im.size) > limits.max_side:
         if not downscale:
             raise ReddiffError(f"the {what} is {im.width}x{im.height}; the limit is {limits.max_side} px on the "
