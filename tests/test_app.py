@@ -284,3 +284,30 @@ def test_upload_checks():
     assert decode_upload(png((80, 40)), "image", limits, downscale=True).shape == (1, 3, 32, 64)
     grey = decode_upload(png((64, 48), "L"), "mask", limits, downscale=False, channels=1)
     assert grey.shape == (1, 1, 48, 64) and grey.min() == -1
+
+
+def test_finished_jobs_and_their_files_are_dropped_beyond_the_limits(adm_fixtures):
+    from reddiff import load_prior
+    from reddiff.app.server import AppJob, Engine
+
+    engine = Engine(load_prior(adm_fixtures / "tiny_a.pt", progress=False), "cpu",
+                    Limits(queue=10, jobs_per_session=1, jobs_kept=2))
+    try:
+        made = []
+        for i in range(6):
+            job = AppJob(f"job{i}", f"session{i % 2}", {})
+            job.cancel.set()  # the worker finishes it without solving
+            engine.submit(job)
+            deadline = time.time() + 30
+            while not job.finished and time.time() < deadline:
+                time.sleep(0.01)
+            job.folder = engine.root / job.id
+            job.folder.mkdir()
+            made.append(job)
+        kept = set(engine.jobs)
+        assert kept <= {"job3", "job4", "job5"} and "job5" in kept
+        assert all((j.id in kept) == j.folder.exists() for j in made), "a dropped job's files go with it"
+        assert all(len(mine) <= 2 for mine in engine.sessions.values())
+    finally:
+        engine.close()
+    assert not engine.root.exists()

@@ -30,7 +30,6 @@ import secrets
 import shutil
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ class Limits:
         queue: jobs waiting at most (beyond the one running).
         max_steps: the most solver steps a job may ask for.
         jobs_per_session: finished jobs kept per session (older ones and their files are removed).
+        jobs_kept: finished jobs kept in all (the oldest go first, whichever session they belong to).
     """
 
     max_side: int = 256
@@ -67,6 +67,7 @@ class Limits:
     queue: int = 4
     max_steps: int = 1000
     jobs_per_session: int = 3
+    jobs_kept: int = 64
 
 
 @dataclass
@@ -179,13 +180,23 @@ class Engine:
             return self.pending.index(job) + 1 if job in self.pending else 0
 
     def _forget_old(self, mine: OrderedDict[str, AppJob]) -> None:
+        """Drop finished jobs (and their files) beyond the per-session and the overall limits, oldest first."""
+        def drop(job: AppJob) -> None:
+            self.jobs.pop(job.id, None)
+            owner = self.sessions.get(job.session)
+            if owner is not None:
+                owner.pop(job.id, None)
+                if not owner:
+                    self.sessions.pop(job.session, None)
+            if job.folder is not None:
+                shutil.rmtree(job.folder, ignore_errors=True)
+
         finished = [j for j in mine.values() if j.finished]
         while len(mine) > self.limits.jobs_per_session + 1 and finished:
-            old = finished.pop(0)
-            mine.pop(old.id, None)
-            self.jobs.pop(old.id, None)
-            if old.folder is not None:
-                shutil.rmtree(old.folder, ignore_errors=True)
+            drop(finished.pop(0))
+        finished = [j for j in self.jobs.values() if j.finished]
+        while len(finished) > self.limits.jobs_kept:
+            drop(finished.pop(0))
 
     def _work(self) -> None:
         while True:
@@ -544,11 +555,3 @@ def create_app(prior: Any, device: torch.device | str = "cpu", limits: Limits | 
     ], lifespan=lifespan)
     app.state.engine = engine
     return app
-
-
-def wait_idle(app: Any, timeout: float = 30.0) -> None:
-    """Wait until no job is queued or running (for tests and scripted use)."""
-    engine: Engine = app.state.engine
-    deadline = time.time() + timeout
-    while time.time() < deadline and any(not j.finished for j in engine.jobs.values()):
-        time.sleep(0.05)
