@@ -55,7 +55,8 @@ def test_every_solver_field_is_reachable_from_the_cli(tmp_path, capsys, small_im
               "--data-term": ("paper", "paper"), "--clip-x0": (None, True),
               "--timestep-spacing": ("stride", "stride"), "--robust": ("huber:0.1", "huber:0.1"),
               "--returns": ("last_x0", "last_x0"), "--repulsion": ("0.5", 0.5),
-              "--repulsion-bandwidth": ("0.02", 0.02)}
+              "--repulsion-bandwidth": ("0.02", 0.02), "--latent-mode": ("direct", "direct"),
+              "--rho": ("0.5", 0.5), "--pixel-lr": ("0.2", 0.2)}
     assert set(values) == {q.flag for q in SOLVERS["reddiff"].hyperparams()}
     argv = ["solve", "--task", "sr:2", "--input", str(small_image), "--output", str(tmp_path / "o"), "--sigma-y",
             "0.02", "--prior", str(adm_fixtures / "tiny_a.pt"), "--no-progress"]
@@ -188,6 +189,6 @@ def test_package_root_shows_the_core_and_exports_one_list():
         assert name in r.__all__
     root = Path(r.__file__).parent
     modules = sorted(p.stem for p in root.glob("*.py"))
-    assert modules == ["__init__", "__main__", "errors", "io", "noise", "params", "prediction", "prior",
+    assert modules == ["__init__", "__main__", "errors", "io", "latent", "noise", "params", "prediction", "prior",
                        "runtime", "schedule", "usercode"]
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", r.__version__)

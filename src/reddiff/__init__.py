@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover
 _LAZY: dict[str, tuple[str, str]] = {
     "DiffusionPrior": ("reddiff.prior", "DiffusionPrior"),
     "load_prior": ("reddiff.prior", "load_prior"),
+    "LatentPrior": ("reddiff.latent", "LatentPrior"),
+    "Autoencoder": ("reddiff.latent", "Autoencoder"),
+    "LinearAutoencoder": ("reddiff.latent", "LinearAutoencoder"),
     "export_diffusers": ("reddiff.networks.export", "export_diffusers"),
     "VPSchedule": ("reddiff.schedule", "VPSchedule"),
     "make_operator": ("reddiff.operators", "make_operator"),
@@ -95,6 +98,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import CheckpointError, OperatorError, ReddiffError, SolverError
     from .experiment import restore, score, simulate
     from .experiment.evaluation import evaluate
+    from .latent import Autoencoder, LatentPrior, LinearAutoencoder
     from .metrics import LPIPS, psnr, ssim
     from .noise import GaussianNoise, NoiseModel, PoissonNoise
     from .operators import TASKS, LinearOperator, Operator, SVDOperator, make_operator

@@ -56,6 +56,13 @@ class DiffusionPrior(nn.Module):
             ``eps`` unless ``use_clipped_model_output``).
     """
 
+    #: DDIM's conventions from the scheduler config a diffusers prior came with (:class:`reddiff.DDIM` follows them,
+    #: as diffusers' ``DDIMScheduler`` does): added to the ``leading`` timesteps (``steps_offset``; Stable
+    #: Diffusion's pipelines use 1), and the ``abar`` the last step goes to (1: the clean estimate; with
+    #: ``set_alpha_to_one`` false, ``abar`` at t = 0).
+    steps_offset: int = 0
+    final_abar: float = 1.0
+
     def __init__(
         self,
         network: nn.Module | Callable[..., torch.Tensor],
@@ -98,6 +105,10 @@ class DiffusionPrior(nn.Module):
         """Family, prediction type and schedule, for run records."""
         return {"family": self.schedule.family, "prediction": self.prediction, "schedule": self.schedule.to_dict(),
                 "learned_sigma": self.learned_sigma, "data_range": self.data_range, "clip_denoised": self.clip_denoised}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the prior in a result's settings (whether an earlier result can be reused)."""
+        return {"prior_sha256": self.info.get("sha256")}
 
     # -- schedule helpers ------------------------------------------------------------------------------------
     @property
@@ -223,6 +234,8 @@ def load_prior(
     device: torch.device | str | None = None,
     *,
     progress: bool = True,
+    prompt: str | None = None,
+    guidance: float | None = None,
 ) -> DiffusionPrior:
     """Load a diffusion prior by name or from a checkpoint file.
 
@@ -230,12 +243,16 @@ def load_prior(
         spec: a named prior (``reddiff list priors``: ``imagenet256-uncond``, ``ffhq256``, downloaded to the cache
             on first use), a path to a guided-diffusion ``.pt`` checkpoint or a reddiff ``.safetensors`` export, or
             ``diffusers:FOLDER_OR_HUB_ID`` (a diffusers ``UNet2DModel`` with its scheduler config; see
-            :mod:`reddiff.networks.diffusers_route`), or ``file.py:function`` / ``module:function``, your own
-            code returning a prior (see :mod:`reddiff.networks.user_route`).
+            :mod:`reddiff.networks.diffusers_route`), ``sd:FOLDER_OR_HUB_ID`` (a Stable-Diffusion-style latent
+            pipeline: a :class:`reddiff.LatentPrior`, see :mod:`reddiff.networks.latent_route`; ``diffusers:``
+            reads such a pipeline the same way), or ``file.py:function`` / ``module:function``, your own code
+            returning a prior (see :mod:`reddiff.networks.user_route`).
         config: guided-diffusion ``create_model`` arguments (a dict, or a path to a JSON file). ``None``: the named
             prior's own, the JSON beside a ``.safetensors`` export, or inferred from the state dict.
         device: where to put the network (default: CPU).
         progress: show a progress bar while downloading.
+        prompt: latent text-conditioned priors: the prompt the denoiser is conditioned on (default: empty).
+        guidance: latent text-conditioned priors: classifier-free guidance scale (default 1: off).
 
     Returns:
         The prior; ``prior.network`` is the raw network and ``prior.info`` its provenance (name, path, sha256,
@@ -246,12 +263,19 @@ def load_prior(
     if not isinstance(spec, str | Path) or not str(spec).strip():
         raise ReddiffError(f"prior must be a name (see `reddiff list priors`) or a checkpoint path, got {spec!r}")
     text = str(spec)
-    if text.startswith("diffusers:"):
-        from .networks.diffusers_route import load_diffusers_prior
+    latent = {"prompt": prompt, "guidance": guidance}
+    if text.startswith(("diffusers:", "sd:")):
+        from .networks.diffusers_route import load_diffusers_prior, resolve_diffusers_folder
+        from .networks.latent_route import is_latent_pipeline, load_latent_prior
 
         if config is not None:
             raise ReddiffError("--prior-config is for guided-diffusion checkpoints; a diffusers model has its own")
-        return load_diffusers_prior(text[len("diffusers:"):], device=device, progress=progress)
+        route, name = text.split(":", 1)
+        if route == "sd" or is_latent_pipeline(resolve_diffusers_folder(name, progress)):
+            return load_latent_prior(name, **latent, device=device, progress=progress)
+        _no_latent_options(text, latent)
+        return load_diffusers_prior(name, device=device, progress=progress)
+    _no_latent_options(text, latent)
     from .usercode import is_user_spec
 
     if is_user_spec(text):
@@ -265,3 +289,11 @@ def load_prior(
     if device is not None:
         prior = prior.to(device)
     return prior
+
+
+def _no_latent_options(spec: str, options: dict[str, Any]) -> None:
+    """One line when a prompt or guidance scale is given for a prior that takes none."""
+    given = [k for k, v in options.items() if v is not None and v != ""]
+    if given:
+        raise ReddiffError(f"--{given[0]} is for text-conditioned latent priors (sd:FOLDER_OR_HUB_ID); {spec!r} "
+                           "takes none")

@@ -68,11 +68,18 @@ def add_prior_args(p: argparse.ArgumentParser, *, runtime: bool = True, device: 
                    help="diffusion prior: 'bundled' (the small natural-image prior shipped with reddiff), a named "
                    "prior (`reddiff list priors`; downloaded to the cache on first use), the path of a "
                    "guided-diffusion .pt checkpoint or a reddiff .safetensors export, diffusers:FOLDER_OR_HUB_ID (a "
-                   "diffusers UNet2DModel with its scheduler config), or my_model.py:make (your own code; see the "
-                   "README's 'Your own model') (default: %(default)s)")
+                   "diffusers UNet2DModel with its scheduler config), sd:FOLDER_OR_HUB_ID (a Stable-Diffusion-style "
+                   "latent pipeline: autoencoder + latent UNet; see the README's 'Latent priors'), or "
+                   "my_model.py:make (your own code; see the README's 'Your own model') (default: %(default)s)")
     g.add_argument("--prior-config", metavar="JSON", default=None,
                    help="JSON file of guided-diffusion create_model arguments for --prior (default: the named "
                    "prior's own, the JSON beside a .safetensors file, or inferred from the checkpoint)")
+    g.add_argument("--prompt", metavar="TEXT", default=None,
+                   help="text-conditioned latent priors (sd:...): the prompt the denoiser is conditioned on "
+                   "(default: empty, the unconditional prior)")
+    g.add_argument("--guidance", metavar="SCALE", type=number(float, minimum=1.0, what="--guidance"), default=None,
+                   help="text-conditioned latent priors: classifier-free guidance scale (default: 1, off; above 1 "
+                   "each step evaluates the network twice)")
     if device:
         g.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda, cuda:1, "
                        "... (default: %(default)s)")
@@ -101,7 +108,8 @@ def load_cli_prior(args: argparse.Namespace, device: Any, show_progress: bool = 
     from ..runtime import Runtime, use_runtime
 
     prior = load_prior(args.prior, args.prior_config, device=device,
-                       progress=show_progress and not getattr(args, "no_progress", False)).eval()
+                       progress=show_progress and not getattr(args, "no_progress", False),
+                       prompt=getattr(args, "prompt", None), guidance=getattr(args, "guidance", None)).eval()
     runtime = Runtime(getattr(args, "precision", "fp32"), getattr(args, "channels_last", False),
                       getattr(args, "compile", False))
     return use_runtime(prior, runtime)

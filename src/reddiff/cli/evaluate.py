@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
             with OutputDir(out_path) as out_dir:
                 records = run_images(images, solvers, prior, task, noise, out_dir, seed=args.seed, device=device,
-                                     settings={"prior_sha256": prior.info.get("sha256"),
+                                     settings={**prior.fingerprint(),
                                                "runtime": runtime_of(prior).to_dict()},
                                      overwrite=args.overwrite, mine=ranks.mine, callback=on_step,
                                      on_done=lambda *a: bars["all"].update(1))

@@ -131,7 +131,7 @@ def _settings(job: Any, args: argparse.Namespace, noise: Any, solver: Any, prior
     return {"input_sha256": file_sha256(job.source), "kind": "clean" if args.input is not None else "measurement",
             "mask_sha256": file_sha256(Path(args.mask)) if args.mask else None, "task": job.operator.task,
             "sigma_y": args.sigma_y, "noise": noise.params(), "seed": args.seed, "solver": solver.to_dict(),
-            "prior_sha256": prior.info.get("sha256"), "runtime": runtime_of(prior).to_dict(),
+            **prior.fingerprint(), "runtime": runtime_of(prior).to_dict(),
             **({"num_samples": job.samples} if job.samples > 1 else {})}
 
 

@@ -444,7 +444,7 @@ def evaluate(
     out = Path(output)
     noise = as_noise(2 * sigma)
     run_images(images, configured, prior, task, noise, out, seed=seed, device=device,
-               settings={"prior_sha256": prior.info.get("sha256")}, overwrite=overwrite)
+               settings=prior.fingerprint(), overwrite=overwrite)
     names = [n for n, _ in images]
     report = summarize(out, names, list(configured), chosen, device=device)
     report.update(protocol_record(task, sigma, side, seed, proto, len(names), chosen))

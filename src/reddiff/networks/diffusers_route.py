@@ -147,8 +147,9 @@ def _components(folder: Path) -> tuple[Path, Path]:
 
 
 def scheduler_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The prior's settings (``schedule``, ``prediction``, ``learned_sigma``, ``clip_denoised``, ``network_time``)
-    from a complete diffusers scheduler config (``_class_name`` included).
+    """The prior's settings (``schedule``, ``prediction``, ``learned_sigma``, ``clip_denoised``, ``network_time``,
+    and the DDIM conventions ``steps_offset`` and ``final_abar``: see :class:`reddiff.DiffusionPrior`) from a
+    complete diffusers scheduler config (``_class_name`` included).
 
     Raises:
         CheckpointError: a scheduler reddiff cannot express (unknown class, sigmoid betas, zero terminal SNR).
@@ -159,7 +160,7 @@ def scheduler_settings(config: dict[str, Any]) -> dict[str, Any]:
     if name in _FLOW_SCHEDULERS:
         steps = float(config.get("num_train_timesteps", 1000))
         return {"schedule": FlowSchedule(), "prediction": "flow", "learned_sigma": False, "clip_denoised": False,
-                "network_time": _Scaled(steps)}
+                "network_time": _Scaled(steps), "steps_offset": 0, "final_abar": 1.0}
     if name not in _VP_SCHEDULERS:
         raise CheckpointError(f"scheduler {name or '(no _class_name)'} is not supported; accepted: "
                               f"{', '.join(_VP_SCHEDULERS + _FLOW_SCHEDULERS)}")
@@ -205,8 +206,52 @@ def scheduler_settings(config: dict[str, Any]) -> dict[str, Any]:
     if name == "EulerDiscreteScheduler" and config.get("timestep_type") == "continuous" and \
             prediction == "v_prediction":  # diffusers feeds such a network 0.25 log(sigma_t), not t
         network_time = _LogSigma(schedule)
+    try:
+        offset = int(config.get("steps_offset", 0) or 0)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"steps_offset must be an integer, got {config.get('steps_offset')!r}") from None
+    final = 1.0 if config.get("set_alpha_to_one", True) else float(schedule.abar_of(0))
     return {"schedule": schedule, "prediction": prediction, "learned_sigma": learned, "clip_denoised": clip,
-            "network_time": network_time}
+            "network_time": network_time, "steps_offset": offset, "final_abar": final}
+
+
+def safetensors_weights(folder: Path) -> Path:
+    """The weights file diffusers' or transformers' ``from_pretrained`` reads in a component folder (the plain
+    safetensors file, or the index of a sharded one).
+
+    Raises:
+        CheckpointError: no safetensors weights (pickled ``.bin`` weights alone are refused: never unpickled).
+    """
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        what = f"only pickled weights ({', '.join(pickled)}), which reddiff never loads" if pickled else "no weights"
+        raise CheckpointError(f"{folder} has {what}; save the model with safetensors (save_pretrained does by "
+                              "default)")
+    names = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+             "model.safetensors", "model.safetensors.index.json")
+    return next((folder / n for n in names if (folder / n).is_file()), weights[0])
+
+
+def read_scheduler(sched_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(settings, config)``: the prior's settings (:func:`scheduler_settings`) from ``scheduler_config.json`` in
+    ``sched_dir``, and that config completed with the scheduler class's own defaults.
+
+    Raises:
+        CheckpointError: an unreadable or unsupported scheduler config, in one line.
+    """
+    diffusers = _diffusers()
+    sched_config = _read_json(sched_dir / "scheduler_config.json")
+    name = str(sched_config.get("_class_name", ""))
+    scheduler_settings(sched_config)  # reddiff's one-line refusals before diffusers reads the config
+    sched_cls = getattr(diffusers, name, None)
+    if sched_cls is not None:  # complete the saved config with the scheduler's own defaults
+        try:
+            sched_config = {**dict(sched_cls.from_config(sched_config).config), "_class_name": name}
+        except Exception as exc:  # noqa: BLE001 - diffusers rejects a bad config with many types
+            raise CheckpointError(f"diffusers cannot read {sched_dir / 'scheduler_config.json'}: "
+                                  f"{one_line(exc)}") from None
+    return scheduler_settings(sched_config), sched_config
 
 
 class _LogSigma:
@@ -248,23 +293,8 @@ def load_diffusers_prior(spec: str, device: torch.device | str | None = None, pr
     if config.get("_class_name") != "UNet2DModel":
         raise CheckpointError(f"{unet_dir} holds a {config.get('_class_name')!r}; diffusers pixel priors are "
                               "UNet2DModel (latent and text-conditioned models are not supported yet)")
-    weights = sorted(unet_dir.glob("*.safetensors"))
-    if not weights:
-        pickled = sorted(p.name for p in unet_dir.glob("*.bin"))
-        what = f"only pickled weights ({', '.join(pickled)}), which reddiff never loads" if pickled else "no weights"
-        raise CheckpointError(f"{unet_dir} has {what}; save the model with safetensors (save_pretrained does by "
-                              "default)")
-    sched_config = _read_json(sched_dir / "scheduler_config.json")
-    name = str(sched_config.get("_class_name", ""))
-    scheduler_settings(sched_config)  # reddiff's one-line refusals before diffusers reads the config
-    sched_cls = getattr(diffusers, name, None)
-    if sched_cls is not None:  # complete the saved config with the scheduler's own defaults
-        try:
-            sched_config = {**dict(sched_cls.from_config(sched_config).config), "_class_name": name}
-        except Exception as exc:  # noqa: BLE001 - diffusers rejects a bad config with many types
-            raise CheckpointError(f"diffusers cannot read {sched_dir / 'scheduler_config.json'}: "
-                                  f"{one_line(exc)}") from None
-    settings = scheduler_settings(sched_config)
+    loaded = safetensors_weights(unet_dir)
+    settings, sched_config = read_scheduler(sched_dir)
     try:
         unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as exc:  # noqa: BLE001 - a damaged model folder raises many types
@@ -274,9 +304,6 @@ def load_diffusers_prior(spec: str, device: torch.device | str | None = None, pr
     if settings["learned_sigma"] and int(unet.config.out_channels) != 2 * network.in_channels:
         raise CheckpointError(f"the scheduler says learned variances but the UNet has {unet.config.out_channels} "
                               f"output channels for {network.in_channels} input channels")
-    # what from_pretrained reads: the plain weights file, or the index of a sharded one
-    loaded = next((p for p in (unet_dir / "diffusion_pytorch_model.safetensors",
-                               unet_dir / "diffusion_pytorch_model.safetensors.index.json") if p.is_file()), weights[0])
     info = {"name": f"{PREFIX}{spec}", "path": str(folder), "route": "diffusers", "sha256": file_sha256(loaded),
             "config": dict(unet.config), "scheduler": {k: v for k, v in sched_config.items() if not k.startswith("_")
                                                        or k == "_class_name"},
@@ -284,4 +311,5 @@ def load_diffusers_prior(spec: str, device: torch.device | str | None = None, pr
     prior = DiffusionPrior(network, settings["schedule"], learned_sigma=settings["learned_sigma"], info=info,
                            prediction=settings["prediction"], network_time=settings["network_time"],
                            clip_denoised=settings["clip_denoised"])
+    prior.steps_offset, prior.final_abar = settings["steps_offset"], settings["final_abar"]
     return prior.to(device) if device is not None else prior

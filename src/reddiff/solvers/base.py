@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import SolverError, UserCodeError
+from ..errors import ReddiffError, SolverError, UserCodeError
 from ..noise import GaussianNoise, NoiseModel
 from ..operators.base import LinearOperator, Operator, SVDOperator
 from ..params import HyperParam, check_value, hyper, hyperparams
@@ -129,6 +129,8 @@ Callback = Callable[[StepInfo], None]
 
 #: solver name -> class, filled by every :class:`Solver` subclass that sets ``name`` (for the CLI and listings).
 SOLVERS: dict[str, type[Solver]] = {}
+#: the names of the solvers that work with latent priors.
+LATENT_SOLVERS: list[str] = []
 
 #: what each operator type offers, for the capability errors.
 _NEEDS = {LinearOperator: "a linear operator (A_adjoint)",
@@ -147,11 +149,15 @@ class Solver:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     requires: ClassVar[tuple[type, ...]] = ()
+    #: the solver works with latent priors (:class:`reddiff.LatentPrior`).
+    latent_capable: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name"):
             SOLVERS[cls.name] = cls
+            if cls.latent_capable:
+                LATENT_SOLVERS.append(cls.name)
 
     def __post_init__(self) -> None:
         self.normalize()
@@ -194,6 +200,16 @@ class Solver:
             SolverError: the operator lacks what the solver needs, bad settings, or the run diverged (NaN/Inf).
         """
         raise NotImplementedError
+
+    def check_prior(self, prior: DiffusionPrior) -> None:
+        """Raise one clear error when the solver cannot use ``prior`` (a latent prior, for a solver that needs the
+        denoiser in pixel space)."""
+        from ..latent import LatentPrior
+
+        if isinstance(prior, LatentPrior) and not self.latent_capable:
+            name = prior.info.get("name") or "this prior"
+            raise SolverError(f"{self.label} cannot use the latent prior {name}: it guides a pixel-space denoiser; "
+                              f"with latent priors use {', '.join(LATENT_SOLVERS)}")
 
     def check_operator(self, operator: Operator) -> None:
         """Raise one clear error when ``operator`` is not of a type the solver needs."""
@@ -358,6 +374,11 @@ class Sampler(Solver):
                 "network at high noise, are not corrected by later ones and the result often does not fit the "
                 f"measurement at all; use --steps {self.min_steps} or more")
 
+    def grid(self, prior: DiffusionPrior) -> tuple[list, float]:
+        """The descending timesteps visited and the ``abar`` the last step goes to (1: the clean estimate)."""
+        spacing = getattr(self, "timestep_spacing", "linspace")
+        return prior.schedule.timesteps(int(self.steps), "descending", spacing=spacing).tolist(), 1.0  # type: ignore[attr-defined]
+
     def prepare(self, ctx: SampleContext) -> Any:
         """Per-run quantities for :meth:`step` (stored in ``ctx.state``); the default computes nothing."""
         return None
@@ -377,8 +398,20 @@ class Sampler(Solver):
     def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
                  callback: Callback | None = None) -> torch.Tensor:
         """Draw one sample per measurement (see :meth:`Solver.__call__`; ``StepInfo.x`` is that step's ``x0_hat``)."""
+        self.check_prior(prior)
         self.check_operator(problem.operator)
         y = problem.y
+        from ..latent import LatentPrior
+
+        if isinstance(prior, LatentPrior):  # sample the latent, then decode it
+            try:
+                shape = prior.latent_shape(problem.x_shape)
+            except ReddiffError as exc:
+                raise SolverError(f"{self.label}: {exc}") from None
+            z = self.run(prior, problem, shape, generator, callback, dtype=y.dtype, device=y.device)
+            with torch.no_grad():
+                size = problem.x_shape[-2:] if len(problem.x_shape) == 4 else None
+                return prior.decode(z, size)
         return self.run(prior, problem, problem.x_shape, generator, callback, dtype=y.dtype, device=y.device)
 
     def run(self, prior: DiffusionPrior, problem: Problem | None, shape: tuple[int, ...], generator: GeneratorLike,
@@ -390,12 +423,11 @@ class Sampler(Solver):
         ctx.state = self.prepare(ctx)
         steps = int(self.steps)  # type: ignore[attr-defined]
         schedule = prior.schedule
-        spacing = getattr(self, "timestep_spacing", "linspace")
-        timesteps = schedule.timesteps(steps, "descending", spacing=spacing).tolist()
+        timesteps, final = self.grid(prior)
         note = self.few_steps_note() if problem is not None else None
         for i, t in enumerate(timesteps):
             a_t = schedule.abar_of(t)
-            a_prev = schedule.abar_of(timesteps[i + 1]) if i + 1 < len(timesteps) else 1.0
+            a_prev = schedule.abar_of(timesteps[i + 1]) if i + 1 < len(timesteps) else final
             with step_context(self.label, i, steps, t):
                 x, x0_hat, losses = self.step(ctx, x, t, a_t, a_prev)
             x = x.detach()

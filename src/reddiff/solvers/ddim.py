@@ -55,6 +55,16 @@ class DDIM(Sampler):
 
     name = "ddim"
     label = "DDIM"
+    latent_capable = True
+
+    def grid(self, prior: DiffusionPrior) -> tuple[list, float]:
+        """As every sampler's, with the prior's scheduler conventions (``steps_offset`` on the ``leading`` grid,
+        ``final_abar``), so that DDIM on a diffusers prior is diffusers' ``DDIMScheduler``."""
+        timesteps, _ = super().grid(prior)
+        if self.timestep_spacing == "leading" and prior.steps_offset and prior.schedule.discrete:
+            top = prior.num_timesteps - 1
+            timesteps = [min(int(t) + prior.steps_offset, top) for t in timesteps]
+        return timesteps, float(prior.final_abar)
 
     def step(self, ctx: SampleContext, x: torch.Tensor, t: int | float, a_t: float, a_prev: float):
         with torch.no_grad():
@@ -75,11 +85,18 @@ class DDIM(Sampler):
 
         Args:
             prior: a :class:`reddiff.DiffusionPrior`.
-            shape: ``(B, ...)``.
+            shape: ``(B, ...)``; for a :class:`reddiff.LatentPrior` the decoded images' shape (the latents are
+                sampled with :meth:`run` on ``prior.latent_shape(shape)`` and decoded).
             generator: a ``torch.Generator``, one per sample, an integer seed, or None.
             callback: called with a :class:`StepInfo` after every step.
             dtype: dtype of the samples.
             device: device of the samples (default: CPU).
         """
+        from ..latent import LatentPrior
+
         device = torch.device(device) if device is not None else torch.device("cpu")
+        if isinstance(prior, LatentPrior):  # shape is the decoded one
+            z = self.run(prior, None, prior.latent_shape(shape), generator, callback, dtype=dtype, device=device)
+            with torch.no_grad():
+                return prior.decode(z, tuple(shape)[-2:] if len(shape) == 4 else None)
         return self.run(prior, None, tuple(shape), generator, callback, dtype=dtype, device=device)

@@ -41,8 +41,8 @@ from .ddim import spacing_field
 if TYPE_CHECKING:  # pragma: no cover
     from ..prior import DiffusionPrior
 
-__all__ = ["RedDiff", "WEIGHTINGS", "INITS", "LR_SCHEDULES", "DATA_TERMS", "RETURNS", "OPTIMIZERS", "PROFILES",
-           "repulsion_drift", "unpinned", "weighting_fn", "resolve_optimizer"]
+__all__ = ["RedDiff", "WEIGHTINGS", "INITS", "LR_SCHEDULES", "DATA_TERMS", "RETURNS", "LATENT_MODES", "OPTIMIZERS",
+           "PROFILES", "repulsion_drift", "unpinned", "weighting_fn", "resolve_optimizer"]
 
 #: f(r) of the SNR-based weight ``w_t = lam * f(r)``, ``r = sqrt(1 - abar_t) / sqrt(abar_t)`` (inverse sqrt SNR).
 WEIGHTINGS: dict[str, Any] = {
@@ -64,6 +64,8 @@ LR_SCHEDULES: dict[str, Any] = {
 DATA_TERMS = ("mean", "paper", "reference")
 #: what RED-diff returns: the estimate after the last update (Algorithm 1), or the x0 of the last step before it.
 RETURNS = ("mu", "last_x0")
+#: how RED-diff uses a latent prior (see :mod:`reddiff.solvers.latent`).
+LATENT_MODES = ("split", "direct")
 #: named settings of RED-diff (``--profile``; fields given explicitly go on top). ``paper``: the paper's
 #: hyperparameters and Algorithm 1 as written (the field defaults). ``reference``: the same hyperparameters with the
 #: conventions of the official code (github.com/NVlabs/RED-diff), so that its numbers can be reproduced: its timestep
@@ -212,9 +214,18 @@ class RedDiff(Solver):
                                        "difference in the data's units (0.01: 0.1 RMS on [-1, 1] images); bounds "
                                        "the push between samples that are still nearly equal",
                                        range=Range(low=0.0))
+    latent_mode: str = hyper("split", "latent priors only: split (a pixel variable x and the latent z coupled by "
+                             "rho/2 ||x - D(z)||^2; the data term acts on x alone, exactly solved for SVD operators "
+                             "with Gaussian noise) or direct (the data term on D(z), through the decoder)",
+                             choices=LATENT_MODES)
+    rho: float = hyper(0.1, "latent priors, split form: weight of the coupling rho/2 ||x - D(z)||^2 (means, as the "
+                       "data term's)", range=Range(low=0.0, low_open=True))
+    pixel_lr: float | None = hyper(None, "latent priors, split form: learning rate of the pixel variable's step "
+                                   "where it is not solved exactly (none: lr)", range=Range(low=0.0, low_open=True))
 
     name = "reddiff"
     label = "RED-diff"
+    latent_capable = True
 
     def normalize(self) -> None:
         check_robust(self)
@@ -288,39 +299,59 @@ class RedDiff(Solver):
                          "(--init zeros or --init random chooses another start)")
         return est, "; ".join(notes) or None
 
-    # -- Algorithm 1 ---------------------------------------------------------------------------------------------
-    def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
-                 callback: Callback | None = None) -> torch.Tensor:
-        """Run RED-diff and return the estimate ``mu`` (see :meth:`Solver.__call__`)."""
-        noise = robust_noise(self.robust, problem.noise)
-        if self.data_term == "paper" and noise.sigma_y <= 0:
-            raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
-        op, y = problem.operator, problem.y
-        gens = per_sample_generators(generator, problem.batch_size, y.device)
-        schedule = prior.schedule
-        timesteps = schedule.timesteps(
+    def grid(self, prior: DiffusionPrior) -> torch.Tensor:
+        """The timesteps visited, in the order of ``order``."""
+        return prior.schedule.timesteps(
             self.steps, self.order, torch.Generator().manual_seed(self.order_seed), t_max=self.t_max,
             allow_repeats=self.t_max is not None, spacing=self.timestep_spacing,
         )
+
+    def make_optimizer(self, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+        """The ``optimizer`` over ``params`` with ``lr``, ``betas`` and ``optimizer_kwargs``."""
+        opt_cls = resolve_optimizer(self.optimizer)
+        kwargs = dict(self.optimizer_kwargs)
+        if "betas" in inspect.signature(opt_cls).parameters:
+            kwargs.setdefault("betas", self.betas)
+        return opt_cls(params, lr=lr, **kwargs)
+
+    def obs_scale(self, problem: Problem) -> float:
+        """The factor of the data term: with ``data_term="reference"`` and an inpainting operator the observed share
+        of the pixels (the official code's term is a mean over the whole masked image), else 1."""
+        op, y = problem.operator, problem.y
+        return (math.prod(y.shape[1:]) / math.prod(problem.x_shape[1:])
+                if self.data_term == "reference" and op.masks_image else 1.0)
+
+    # -- Algorithm 1 ---------------------------------------------------------------------------------------------
+    def __call__(self, prior: DiffusionPrior, problem: Problem, generator: GeneratorLike = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+        """Run RED-diff and return the estimate ``mu`` (see :meth:`Solver.__call__`; with a latent prior see
+        :mod:`reddiff.solvers.latent`)."""
+        noise = robust_noise(self.robust, problem.noise)
+        if self.data_term == "paper" and noise.sigma_y <= 0:
+            raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
+        from ..latent import LatentPrior
+
+        if isinstance(prior, LatentPrior):
+            from .latent import latent_reddiff
+
+            return latent_reddiff(self, prior, problem, generator, callback)
+        op, y = problem.operator, problem.y
+        gens = per_sample_generators(generator, problem.batch_size, y.device)
+        schedule = prior.schedule
+        timesteps = self.grid(prior)
 
         with torch.no_grad(), step_context(self.label, -1, self.steps, timesteps[0].item()):
             mu0, note = self.start(problem, gens)
             mu0 = mu0.detach().clone()
         check_finite(self.label, 0, timesteps[0].item(), mu0, "initial estimate", "check the measurement")
         mu = torch.nn.Parameter(mu0)
-        opt_cls = resolve_optimizer(self.optimizer)
-        kwargs = dict(self.optimizer_kwargs)
-        if "betas" in inspect.signature(opt_cls).parameters:
-            kwargs.setdefault("betas", self.betas)
-        optimizer = opt_cls([mu], lr=self.lr, **kwargs)
+        optimizer = self.make_optimizer([mu], self.lr)
 
         x_dims = tuple(range(1, mu.dim()))
         hint = f"try a smaller lr (now {self.lr})"
         n_steps = len(timesteps)  # the steps asked for, except with the stride grid
         last_x0 = mu0
-        # the official code's inpainting term is a mean over the whole masked image: the observed share of ours
-        obs_scale = (math.prod(y.shape[1:]) / math.prod(problem.x_shape[1:])
-                     if self.data_term == "reference" and op.masks_image else 1.0)
+        obs_scale = self.obs_scale(problem)
 
         for i, t in enumerate(timesteps.tolist()):
             with step_context(self.label, i, n_steps, t):
