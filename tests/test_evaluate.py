@@ -180,7 +180,7 @@ def test_bad_input_gives_one_line(capsys, tmp_path, data, prior_args):
         lines = [ln for ln in err.strip().splitlines() if not ln.startswith("reddiff: note")]
         assert code == 2 and len(lines) == 1 and match in lines[0], err
 
-    fails("--output", tmp_path / "a", match="give --task or --protocol")
+    fails("--output", tmp_path / "a", match="give a task (--task) or a protocol")
     fails("--task", "sr:3x", "--output", tmp_path / "a", match="sr")
     fails("--task", "sr:2", "--metrics", "psnr,sharpness", "--output", tmp_path / "a",
           match="unknown metric(s) sharpness")

@@ -357,3 +357,28 @@ def test_cli_bad_latent_input_is_one_line(sd_folder, small_image, tmp_path, caps
     assert "--prompt is for text-conditioned latent priors" in err("--prompt", "a cat")
     assert "must be >= 1" in err("--prior", f"sd:{sd_folder}", "--guidance", "0.5")
     assert not (tmp_path / "o").exists()
+
+
+# -- cost -------------------------------------------------------------------------------------------------------------
+def test_stable_diffusion_architectures_have_the_published_sizes():
+    from reddiff.networks.latent_route import SD_ARCHITECTURES
+
+    published = {"sd-1.5": 859_520_964, "sd-2.1": 865_910_724}  # UNet parameters of the released checkpoints
+    for name, arch in SD_ARCHITECTURES.items():
+        with torch.device("meta"):
+            unet = diffusers.UNet2DConditionModel(**arch["unet"])
+            vae = diffusers.AutoencoderKL(**arch["vae"])
+        assert sum(p.numel() for p in unet.parameters()) == published[name]
+        assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+
+
+def test_bench_times_the_decoder_and_both_latent_forms(sd_folder):
+    from reddiff.tools.bench import BenchConfig, format_table, run_bench
+
+    rep = run_bench(BenchConfig(network=f"sd:{sd_folder}", size=32, batch_sizes=(1,), warmup=0, repeats=1,
+                                solvers=("reddiff", "dps")))
+    assert [r["method"] for r in rep["rows"]] == ["forward", "decode", "decode_vjp", "decode_vjp_stored",
+                                                  "reddiff-direct", "reddiff-split"]
+    assert rep["latent"] and "DPS cannot use latent priors" in rep["skipped"]["dps"]
+    assert all(r["seconds"] > 0 for r in rep["rows"])
+    assert "decoder VJP" in format_table(rep)

@@ -22,7 +22,9 @@ DESCRIPTION = ("Measure side by side, in one run: a bare network forward under n
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="bundled", help="bundled, imagenet256-uncond or ffhq256 (those architectures "
-                   "with random weights), or any --prior spec: a checkpoint path, diffusers:FOLDER, file.py:make "
+                   "with random weights), sd-1.5 or sd-2.1 (Stable Diffusion's latent UNet and autoencoder with random "
+                   "weights: adds the decoder's forward and VJP and RED-diff's direct and split steps), or any "
+                   "--prior spec: a checkpoint path, diffusers:FOLDER, sd:FOLDER, file.py:make "
                    "(default: %(default)s)")
     p.add_argument("--size", type=POS_INT, default=256, help="image side in pixels (default: %(default)s)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default: %(default)s)")

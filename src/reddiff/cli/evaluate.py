@@ -89,10 +89,10 @@ def _metrics(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment.evaluation import (
-        PROTOCOLS,
         finish,
         load_dataset,
         protocol_record,
+        resolve_protocol,
         run_images,
         summarize,
         usable_solvers,
@@ -104,12 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from .ranks import Ranks
 
     out_path = output_path(args.output)
-    proto = PROTOCOLS.get(args.protocol) if args.protocol else None
-    task = args.task or (proto.task if proto else None)
-    if task is None:
-        raise ReddiffError("give --task or --protocol (see `reddiff evaluate --help`)")
-    sigma_y = args.sigma_y if args.sigma_y is not None else (proto.sigma_y if proto else 0.0)
-    size = args.size or (proto.size if proto else 256)
+    task, sigma_y, size, proto = resolve_protocol(args.protocol, args.task, args.sigma_y, args.size)
     names = parse_list(args.solvers, list(SOLVERS), "solver")
     _, refused = usable_solvers({n: solver_from_args(args, name=n, strict=False) for n in names}, task, size)
     names = [n for n in names if n not in refused]

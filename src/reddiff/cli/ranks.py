@@ -48,6 +48,9 @@ class Ranks:
 
     def __exit__(self, *exc: Any) -> None:
         if self._dist is not None and self._dist.is_initialized():
+            if exc[0] is None:  # every rank done with the last collective before any tears its connections down
+                # (a rank that closes them while another still reads its share aborts that one in gloo's thread)
+                self._dist.barrier()
             self._dist.destroy_process_group()
         self._dist = None
 

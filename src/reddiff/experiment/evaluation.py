@@ -33,7 +33,7 @@ from .measure import Seeds, as_noise, score, simulate
 from .records import read_record, settings_fingerprint
 
 __all__ = ["PROTOCOLS", "Protocol", "centre_crop_resize", "evaluate", "load_dataset", "mean_and_se", "run_images",
-           "summarize", "usable_solvers"]
+           "summarize", "usable_solvers", "resolve_protocol"]
 
 #: Folder names inside the output folder.
 REFERENCES, MEASUREMENTS = "references", "measurements"
@@ -128,6 +128,24 @@ def load_dataset(data: str | Path, size: int, limit: int | None = None) -> list[
                                "give larger images or a smaller --size")
         out.append((f.stem, centre_crop_resize(x, size)))
     return out
+
+
+def resolve_protocol(protocol: str | None, task: str | None, sigma_y: float | None,
+                     size: int | None) -> tuple[str, float, int, Protocol | None]:
+    """``(task, sigma_y, size, protocol)`` of an evaluation: those given, else the protocol's (a key of
+    :data:`PROTOCOLS`), else no noise and 256 px; and the protocol itself (None without one).
+
+    Raises:
+        ReddiffError: an unknown protocol, or neither a task nor a protocol.
+    """
+    proto = PROTOCOLS.get(protocol) if protocol else None
+    if protocol and proto is None:
+        raise ReddiffError(f"unknown protocol {protocol!r}; accepted: {', '.join(PROTOCOLS)}")
+    task = task or (proto.task if proto else None)
+    if task is None:
+        raise ReddiffError("give a task (--task) or a protocol (--protocol; see `reddiff evaluate --help`)")
+    sigma = sigma_y if sigma_y is not None else (proto.sigma_y if proto else 0.0)
+    return task, float(sigma), int(size or (proto.size if proto else 256)), proto
 
 
 def usable_solvers(solvers: dict[str, Any], task: str, size: int) -> tuple[dict[str, Any], dict[str, str]]:
@@ -415,14 +433,7 @@ def evaluate(
     from ..solvers import SOLVERS
     from ..tools.presets import preset_for_prior
 
-    proto = PROTOCOLS.get(protocol) if protocol else None
-    if protocol and proto is None:
-        raise ReddiffError(f"unknown protocol {protocol!r}; accepted: {', '.join(PROTOCOLS)}")
-    task = task or (proto.task if proto else None)
-    if task is None:
-        raise ReddiffError("give a task or a protocol")
-    sigma = sigma_y if sigma_y is not None else (proto.sigma_y if proto else 0.0)
-    side = size or (proto.size if proto else 256)
+    task, sigma, side, proto = resolve_protocol(protocol, task, sigma_y, size)
     chosen = list(metrics) if metrics is not None else available_metrics()
     for m in chosen:
         if m not in ALL:

@@ -27,10 +27,25 @@ from ..errors import CheckpointError
 from .diffusers_route import _diffusers, _read_json, read_scheduler, resolve_diffusers_folder, safetensors_weights
 from .hub import one_line
 
-__all__ = ["PREFIX", "is_latent_pipeline", "load_latent_prior", "embed_prompt"]
+__all__ = ["PREFIX", "SD_ARCHITECTURES", "is_latent_pipeline", "load_latent_prior", "embed_prompt",
+           "random_latent_prior"]
 
 PREFIX = "sd:"
 _UNETS = ("UNet2DConditionModel", "UNet2DModel")
+_SD_VAE = {"in_channels": 3, "out_channels": 3, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+           "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+           "latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215}
+#: the public Stable Diffusion architectures (their ``unet/config.json`` and ``vae/config.json``, with diffusers'
+#: defaults for what those files leave out), for benchmarks with random weights; the text encoder's output is
+#: stood in for by a random ``[1, 77, cross_attention_dim]`` embedding.
+SD_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "sd-1.5": {"unet": {"sample_size": 64, "in_channels": 4, "out_channels": 4, "cross_attention_dim": 768,
+                        "attention_head_dim": 8}, "vae": _SD_VAE, "prediction": "epsilon"},
+    "sd-2.1": {"unet": {"sample_size": 96, "in_channels": 4, "out_channels": 4, "cross_attention_dim": 1024,
+                        "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True,
+                        "upcast_attention": True}, "vae": {**_SD_VAE, "sample_size": 768},
+               "prediction": "v_prediction"},
+}
 
 
 def is_latent_pipeline(folder: Path) -> bool:
@@ -181,5 +196,29 @@ def load_latent_prior(spec: str, *, prompt: str | None = None, guidance: float |
     latent = DiffusionPrior(network, settings["schedule"], info=info, data_range=None,
                             prediction=settings["prediction"], network_time=settings["network_time"])
     latent.steps_offset, latent.final_abar = settings["steps_offset"], settings["final_abar"]
+    prior = LatentPrior(DiffusersAutoencoder(vae, checkpointing=checkpointing), latent)
+    return prior.to(device) if device is not None else prior
+
+
+def random_latent_prior(name: str, device: torch.device | str | None = None, checkpointing: bool = True) -> Any:
+    """A :class:`reddiff.LatentPrior` of a :data:`SD_ARCHITECTURES` architecture with random weights (Stable
+    Diffusion's scaled-linear betas), for measuring cost without the weights."""
+    from ..latent import ConditionedUNet, DiffusersAutoencoder, LatentPrior
+    from ..prior import DiffusionPrior
+    from ..schedule import VPSchedule
+
+    if name not in SD_ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {name!r}; accepted: {', '.join(SD_ARCHITECTURES)}")
+    diffusers = _diffusers()
+    arch = SD_ARCHITECTURES[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DConditionModel(**arch["unet"]).eval().requires_grad_(False)
+        vae = diffusers.AutoencoderKL(**arch["vae"])
+        cond = torch.randn(1, 77, arch["unet"]["cross_attention_dim"])
+    latent = DiffusionPrior(ConditionedUNet(unet, cond), VPSchedule("scaled_linear", 1000, 0.00085, 0.012,
+                                                                     float32=True),
+                            info={"name": f"{name} (random weights)", "route": "latent"}, data_range=None,
+                            prediction=arch["prediction"])
     prior = LatentPrior(DiffusersAutoencoder(vae, checkpointing=checkpointing), latent)
     return prior.to(device) if device is not None else prior
