@@ -382,3 +382,15 @@ def test_bench_times_the_decoder_and_both_latent_forms(sd_folder):
     assert rep["latent"] and "DPS cannot use latent priors" in rep["skipped"]["dps"]
     assert all(r["seconds"] > 0 for r in rep["rows"])
     assert "decoder VJP" in format_table(rep)
+
+
+def test_the_app_offers_only_the_solvers_a_latent_prior_takes(sd_folder):
+    from types import SimpleNamespace
+
+    from reddiff.app.server import Limits, build_solver, options
+
+    engine = SimpleNamespace(prior=load_prior(f"sd:{sd_folder}", progress=False), limits=Limits())
+    assert list(options(engine)["solvers"]) == ["reddiff"]
+    solver, _ = build_solver(engine, "dps", "sr:4", 0.0, {"steps": "2"})
+    with pytest.raises(SolverError, match="DPS cannot use the latent prior"):
+        solver.check_prior(engine.prior)

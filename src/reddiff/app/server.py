@@ -304,13 +304,15 @@ def samples() -> dict[str, Any]:
 
 
 def options(engine: Engine) -> dict[str, Any]:
+    from ..latent import LatentPrior
     from ..operators import TASKS
     from ..solvers import SOLVERS
 
+    latent = isinstance(engine.prior, LatentPrior)
     solvers = {}
     for name, cls in SOLVERS.items():
-        if name == "ddim":
-            continue  # DDIM ignores the measurement: nothing to restore with
+        if name == "ddim" or (latent and not cls.latent_capable):
+            continue  # DDIM ignores the measurement: nothing to restore with; the others need a pixel prior
         fields = []
         for q in cls.hyperparams():
             default = q.default
@@ -416,6 +418,7 @@ async def parse_run(engine: Engine, form: Any) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise ReddiffError("settings must be a JSON object of field -> value")
     solver, preset = build_solver(engine, str(form.get("solver") or "reddiff"), task, sigma_y, settings)
+    solver.check_prior(engine.prior)
     solver.check_operator(op)  # e.g. DDRM needs an SVD: said now, not after waiting in the queue
     return {"image": x, "mask": mask, "task": task, "sigma_y": sigma_y, "seed": seed, "frames": frames,
             "solver": solver, "preset": preset, "name": name, "sha256": digest}

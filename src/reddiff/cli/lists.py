@@ -52,6 +52,8 @@ ROUTES = (
     ("path", "FILE.pt | FILE.safetensors", "a guided-diffusion checkpoint or a reddiff export (ADM, VP, epsilon)"),
     ("diffusers", "diffusers:FOLDER | diffusers:ORG/NAME", "a diffusers UNet2DModel and its scheduler config: VP "
      "(linear, scaled-linear, cosine betas; epsilon, sample, v_prediction) or rectified flow (velocity)"),
+    ("latent", "sd:FOLDER | sd:ORG/NAME", "a Stable-Diffusion-style latent pipeline: AutoencoderKL + "
+     "UNet2DConditionModel (prompt via --prompt, guidance via --guidance) or latent UNet2DModel; RED-diff and DDIM"),
     ("user", "FILE.py:FUNCTION | MODULE:FUNCTION", "your own code: a DiffusionPrior, a dict (network, prediction, "
      "schedule, data_range) or an EDM denoiser D(x, sigma); any family: vp, vp-continuous, ve, flow"),
 )

@@ -254,12 +254,12 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"network {report['network']} ({report['parameters'] / 1e6:.1f}M params), {c['size']}x{c['size']}, "
              f"{report['device_name']}, {c['precision']}{', channels-last' if c['channels_last'] else ''}"
              f"{', compiled' if c['compile'] else ''}, torch {report['torch']}, {report['threads']} threads",
-             f"{'batch':>5} {'method':<14} {'s/step':>9} {'x ref':>6} {'peak MB':>9} {'x fwd mem':>9} "
+             f"{'batch':>5} {'method':<17} {'s/step':>9} {'x ref':>6} {'peak MB':>9} {'x fwd mem':>9} "
              f"{'img/s':>8} {'vs DPS':>7}"]
     for r in report["rows"]:
         mem_ratio = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") is not None else "-"
         vs = f"{r['vs_dps']:.2f}" if r.get("vs_dps") is not None else "-"
-        lines.append(f"{r['batch']:>5} {r['method']:<14} {r['seconds']:>9.4f} {r['ratio']:>6.2f} "
+        lines.append(f"{r['batch']:>5} {r['method']:<17} {r['seconds']:>9.4f} {r['ratio']:>6.2f} "
                      f"{r['peak_mb']:>9.1f} {mem_ratio:>9} {r['images_per_s']:>8.2f} {vs:>7}")
     lines.append(f"x ref: a solver step's time over the {report.get('reference', 'network forward')} timed right "
                  "after it (paired); other rows: over the network forward")
