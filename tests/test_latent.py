@@ -394,3 +394,18 @@ def test_the_app_offers_only_the_solvers_a_latent_prior_takes(sd_folder):
     solver, _ = build_solver(engine, "dps", "sr:4", 0.0, {"steps": "2"})
     with pytest.raises(SolverError, match="DPS cannot use the latent prior"):
         solver.check_prior(engine.prior)
+
+
+@pytest.mark.parametrize("mode", ["split", "direct"])
+def test_every_noise_model_and_robust_data_term_runs_through_both_forms(sd_folder, mode):
+    from reddiff.noise import PoissonNoise
+
+    prior = load_prior(f"sd:{sd_folder}", progress=False)
+    clean = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for task in ("sr:2", "deblur-gauss", "jpeg:50"):
+        op = make_operator(task, clean.shape[1:], generator=torch.Generator().manual_seed(1))
+        y = op(clean).clamp(-1, 1)
+        for problem, robust in ((Problem(y, op, noise=PoissonNoise(50.0)), "none"), (Problem(y, op, 0.02), "huber"),
+                                (Problem(y, op, 0.02), "cauchy:0.1")):
+            out = RedDiff(steps=2, lr=0.05, latent_mode=mode, robust=robust)(prior, problem, gens(1))
+            assert out.shape == clean.shape and bool(torch.isfinite(out).all()), (task, robust)
