@@ -76,10 +76,11 @@ def load(prior_name: str):
     return reddiff.load_prior("bundled", progress=False).eval()
 
 
-def preset_fields(task: str) -> dict:
-    family = task.split(":", 1)[0]
-    entry = json.loads(BUNDLED_PRESETS.read_text())["tasks"][family][0]
-    return {k: v for k, v in entry.items() if k not in ("max_sigma_y", "note")}
+def preset_fields(task: str, sigma_y: float) -> dict:
+    """The shipped preset of ``task`` at ``sigma_y`` ([-1, 1] units), chosen by the library's own rule."""
+    from reddiff.tools.presets import preset_for
+
+    return preset_for(json.loads(BUNDLED_PRESETS.read_text()), task, sigma_y)
 
 
 def run_case(case, priors: dict) -> dict[str, float]:
@@ -103,7 +104,7 @@ def run_case(case, priors: dict) -> dict[str, float]:
     op = ops[0] if task in ("sr:4", "denoise") else reddiff.operators.stack(ops)  # deterministic: one for the batch
     y = torch.cat(ys)
     if "preset" in fields:
-        fields = preset_fields(fields["preset"])
+        fields = preset_fields(fields["preset"], sigma_y)
     solver = SOLVERS[solver_name](**fields)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(batch)]
     out = solver(prior, reddiff.Problem(y, op, noise.sigma_y, noise=noise), generator=gens)

@@ -255,8 +255,8 @@ def test_every_task_runs_through_both_forms_at_any_size(sd_folder, mode):
     prior = load_prior(f"sd:{sd_folder}", progress=False)
     from reddiff.io import load_image  # noqa: F401 - the package's image path is what the CLI uses
 
-    clean = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0)) * 2 - 1  # not multiples of 8
-    mask = torch.rand(40, 56, generator=torch.Generator().manual_seed(2)) > 0.3
+    clean = torch.rand(1, 3, 36, 44, generator=torch.Generator().manual_seed(0)) * 2 - 1  # not multiples of 8
+    mask = torch.rand(36, 44, generator=torch.Generator().manual_seed(2)) > 0.3
     for task in TASKS:
         op = make_operator(task, clean.shape[1:], generator=torch.Generator().manual_seed(1),
                            mask=mask if task == "inpaint-mask" else None)
@@ -264,6 +264,54 @@ def test_every_task_runs_through_both_forms_at_any_size(sd_folder, mode):
         out = RedDiff(steps=3, lr=0.05, latent_mode=mode)(prior, Problem(y, op, 0.01), gens(1))
         assert out.shape == clean.shape and bool(torch.isfinite(out).all()), task
         assert float(out.std()) > 0, task
+
+
+@pytest.mark.parametrize("data_term,task", [("mean", "sr:2"), ("paper", "deblur-gauss"), ("reference", "inpaint-box"),
+                                            ("mean", "inpaint-random:0.7")])
+def test_the_exact_pixel_step_minimises_the_split_forms_own_pixel_loss(data_term, task):
+    """The weights handed to the closed form are those of the loss the optimizer path descends: its gradient
+    vanishes at the closed-form solution (and not at the decoded latent)."""
+    from reddiff.solvers.latent import pixel_loss, pixel_weights
+
+    op = make_operator(task, (3, 16, 16), generator=torch.Generator().manual_seed(1)).to(F64)
+    g = torch.Generator().manual_seed(2)
+    y = op(torch.rand(2, 3, 16, 16, generator=g, dtype=F64) * 2 - 1)
+    y = y + 0.05 * torch.randn(y.shape, generator=g, dtype=F64)
+    problem = Problem(y, op, 0.05)
+    d = torch.rand(2, 3, 16, 16, generator=g, dtype=F64) * 2 - 1
+    solver = RedDiff(data_term=data_term, rho=0.3, obs_weight=1.7)
+    best = exact_pixel_step(op, y, d, *pixel_weights(solver, problem, problem.noise))
+
+    def grad_at(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone().requires_grad_(True)
+        pixel_loss(solver, problem, problem.noise, x, d)[0].sum().backward()
+        return x.grad
+
+    assert float(grad_at(best).abs().max()) <= 1e-10 * float(grad_at(d).abs().max())
+    assert float(grad_at(d).abs().max()) > 0
+
+
+def test_latent_ddim_reports_decoded_images_to_its_callback(sd_folder):
+    prior = load_prior(f"sd:{sd_folder}", progress=False)
+    seen: list = []
+    out = DDIM(steps=3).sample(prior, (1, 3, 36, 44), torch.Generator().manual_seed(0), callback=seen.append)
+    assert out.shape == (1, 3, 36, 44) and [s.x.shape for s in seen] == [(1, 3, 36, 44)] * 3
+
+
+def test_evaluate_leaves_out_the_solvers_a_latent_prior_refuses(sd_folder, tmp_path):
+    from reddiff.experiment.evaluation import evaluate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    from PIL import Image
+
+    Image.fromarray((torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(
+        data / "a.png")
+    prior = load_prior(f"sd:{sd_folder}", progress=False)
+    report = evaluate(prior, data, tmp_path / "out", task="sr:2", solvers={"reddiff": RedDiff(steps=2),
+                                                                           "dps": DPS(steps=2)},
+                      size=32, metrics=["psnr"])
+    assert "reddiff" in report["solvers"] and "dps" in report["refused"]
 
 
 def test_split_form_fits_the_measurement_better_than_its_decoded_latent(sd_folder):

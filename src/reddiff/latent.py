@@ -90,7 +90,10 @@ class LinearAutoencoder(Autoencoder):
         return (z @ self.W.to(z.dtype).T).reshape(z.shape[0], *self.x_shape)
 
     def describe(self) -> dict[str, Any]:
-        return {"autoencoder": "linear", "W": list(self.W.shape)}
+        import hashlib
+
+        digest = hashlib.sha256(self.W.detach().cpu().to(torch.float64).contiguous().numpy().tobytes()).hexdigest()
+        return {"autoencoder": "linear", "W": list(self.W.shape), "W_sha256": digest}
 
 
 def _pad_to(x: Tensor, multiple: int) -> Tensor:
@@ -232,7 +235,7 @@ class LatentPrior(DiffusionPrior):
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), **{k: self.info.get(k) for k in ("vae_sha256", "prompt", "guidance")},
-                "autoencoder": self.autoencoder.describe()}
+                "autoencoder": {k: v for k, v in self.autoencoder.describe().items() if k != "checkpointing"}}
 
     def latent_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
         """The latent shape ``[B, ...]`` of pixel data of shape ``x_shape`` ``[B, ...]``.

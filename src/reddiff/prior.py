@@ -271,7 +271,7 @@ def load_prior(
         if config is not None:
             raise ReddiffError("--prior-config is for guided-diffusion checkpoints; a diffusers model has its own")
         route, name = text.split(":", 1)
-        if route == "sd" or is_latent_pipeline(resolve_diffusers_folder(name, progress)):
+        if route == "sd" or is_latent_pipeline(resolve_diffusers_folder(name, progress, allow=["model_index.json"])):
             return load_latent_prior(name, **latent, device=device, progress=progress)
         _no_latent_options(text, latent)
         return load_diffusers_prior(name, device=device, progress=progress)

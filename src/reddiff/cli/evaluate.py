@@ -124,6 +124,14 @@ def run(args: argparse.Namespace) -> int:
             preset = task_preset(args, prior, task, noise.sigma_y)
             solvers = {n: solver_from_args(args, preset if n == "reddiff" else None, name=n, strict=False)
                        for n in names}
+            solvers, unfit = usable_solvers(solvers, task, size, prior)  # e.g. DPS with a latent prior
+            for n, why in unfit.items():
+                refused[n] = why
+                if ranks.rank == 0:
+                    say(f"reddiff: note: {why}; left out")
+            names[:] = list(solvers)
+            if not solvers:
+                raise ReddiffError(f"no solver among {args.solvers} can use the prior {args.prior}")
             from ..runtime import runtime_of
 
             total = sum(1 for i in range(len(images)) if ranks.mine(i)) * len(solvers)

@@ -148,9 +148,11 @@ def resolve_protocol(protocol: str | None, task: str | None, sigma_y: float | No
     return task, float(sigma), int(size or (proto.size if proto else 256)), proto
 
 
-def usable_solvers(solvers: dict[str, Any], task: str, size: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """Split the solvers into those that can use the task's operator and, for the others, why not (a solver that
-    needs an SVD cannot run motion deblurring, for instance): reported, not run."""
+def usable_solvers(solvers: dict[str, Any], task: str, size: int,
+                   prior: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split the solvers into those that can use the task's operator (and, given, the prior) and, for the others, why
+    not (a solver that needs an SVD cannot run motion deblurring; DPS cannot use a latent prior): reported, not
+    run."""
     from ..errors import SolverError
     from .measure import operator_for
 
@@ -159,6 +161,8 @@ def usable_solvers(solvers: dict[str, Any], task: str, size: int) -> tuple[dict[
     for label, solver in solvers.items():
         try:
             solver.check_operator(op)
+            if prior is not None:
+                solver.check_prior(prior)
         except SolverError as exc:
             refused[label] = str(exc)
         else:
@@ -448,7 +452,7 @@ def evaluate(
                 raise ReddiffError(f"unknown solver {name!r}; accepted: {', '.join(SOLVERS)}")
             preset = preset_for_prior(prior, task, 2 * sigma) if name == "reddiff" else {}
             configured[name] = SOLVERS[name](**preset)
-    configured, refused = usable_solvers(configured, task, side)
+    configured, refused = usable_solvers(configured, task, side, prior)
     if not configured:
         raise ReddiffError(f"no solver can run {task!r}: " + "; ".join(refused.values()))
     images = load_dataset(data, side, limit)

@@ -77,9 +77,14 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "REDDIFF_OFFLINE"))
 
 
-def resolve_diffusers_folder(spec: str, progress: bool = True) -> Path:
+#: what a pixel model's snapshot needs: its configs and safetensors weights (and model cards).
+PIXEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.md"]
+
+
+def resolve_diffusers_folder(spec: str, progress: bool = True, allow: list[str] | None = None,
+                             ignore: list[str] | None = None) -> Path:
     """The local folder of ``spec``: an existing folder, or a hub model id fetched into (or found in) the
-    ``huggingface_hub`` cache.
+    ``huggingface_hub`` cache (only the files matching ``allow``, default :data:`PIXEL_FILES`, and not ``ignore``).
 
     Raises:
         CheckpointError: a path that is not a folder, or a model id that is neither cached nor downloadable (offline,
@@ -103,8 +108,8 @@ def resolve_diffusers_folder(spec: str, progress: bool = True) -> Path:
     if not progress:
         disable_progress_bars()
     try:
-        folder = snapshot_download(spec, local_files_only=offline,
-                                   allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"])
+        folder = snapshot_download(spec, local_files_only=offline, allow_patterns=allow or PIXEL_FILES,
+                                   ignore_patterns=ignore)
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not available here"
         where = constants.HF_HUB_CACHE
         why = "offline (HF_HUB_OFFLINE/REDDIFF_OFFLINE is set) and not cached" if offline else one_line(exc)

@@ -18,6 +18,7 @@ prompt's predictions (two evaluations per step). Weights are read from safetenso
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ __all__ = ["PREFIX", "SD_ARCHITECTURES", "is_latent_pipeline", "load_latent_prio
 
 PREFIX = "sd:"
 _UNETS = ("UNet2DConditionModel", "UNet2DModel")
+#: what a latent pipeline's snapshot needs: its index and the five components (not the single-file checkpoints,
+#: fp16 or non-EMA copies, safety checker or feature extractor a hub repository may also hold).
+LATENT_FILES = ["model_index.json"] + [f"{c}/*" for c in ("vae", "unet", "scheduler", "text_encoder", "tokenizer")]
+LATENT_SKIP = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.onnx", "*.msgpack", "*.h5"]
 _SD_VAE = {"in_channels": 3, "out_channels": 3, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
            "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
            "latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215}
@@ -74,9 +79,11 @@ def _transformers() -> Any:
     return transformers
 
 
-def embed_prompt(text_dir: Path, tokenizer_dir: Path, prompts: list[str]) -> list[torch.Tensor]:
+def embed_prompt(text_dir: Path, tokenizer_dir: Path, prompts: list[str],
+                 tokenizer_class: str | None = None) -> list[torch.Tensor]:
     """The text encoder's last hidden state ``[1, L, D]`` for each prompt, as diffusers' Stable Diffusion pipeline
-    computes it (padded to the tokenizer's ``model_max_length``, truncated beyond it)."""
+    computes it (padded to the tokenizer's ``model_max_length``, truncated beyond it), with the tokenizer class the
+    pipeline names (``tokenizer_class``; default: transformers' automatic choice)."""
     transformers = _transformers()
     config = _read_json(text_dir / "config.json")
     arch = (config.get("architectures") or ["CLIPTextModel"])[0]
@@ -85,7 +92,8 @@ def embed_prompt(text_dir: Path, tokenizer_dir: Path, prompts: list[str]) -> lis
         raise CheckpointError(f"text encoder {arch!r} in {text_dir} is not supported; accepted: CLIPTextModel")
     safetensors_weights(text_dir)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tok_cls = getattr(transformers, tokenizer_class or "", None) or transformers.AutoTokenizer
+        tokenizer = tok_cls.from_pretrained(str(tokenizer_dir))
         encoder = cls.from_pretrained(str(text_dir), use_safetensors=True).eval()
     except Exception as exc:  # noqa: BLE001 - a damaged folder raises many types
         raise CheckpointError(f"cannot load the text encoder or tokenizer of {text_dir.parent}: "
@@ -96,7 +104,7 @@ def embed_prompt(text_dir: Path, tokenizer_dir: Path, prompts: list[str]) -> lis
             ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                             return_tensors="pt")
             mask = ids.attention_mask if getattr(encoder.config, "use_attention_mask", False) else None
-            out.append(encoder(ids.input_ids, attention_mask=mask)[0].detach())
+            out.append(encoder(ids.input_ids, attention_mask=mask).last_hidden_state.detach())
     return out
 
 
@@ -123,9 +131,9 @@ def load_latent_prior(spec: str, *, prompt: str | None = None, guidance: float |
 
     diffusers = _diffusers()
     guidance = 1.0 if guidance is None else float(guidance)
-    if not guidance >= 1.0 or guidance != guidance:
+    if not (math.isfinite(guidance) and guidance >= 1.0):
         raise CheckpointError(f"the guidance scale must be a number >= 1 (1: off), got {guidance}")
-    folder = resolve_diffusers_folder(spec, progress)
+    folder = resolve_diffusers_folder(spec, progress, allow=LATENT_FILES, ignore=LATENT_SKIP)
     if not (folder / "model_index.json").is_file():
         raise CheckpointError(f"{folder} is not a diffusers pipeline folder (no model_index.json); a latent prior "
                               "needs vae/, unet/ and scheduler/ beside it")
@@ -168,7 +176,9 @@ def load_latent_prior(spec: str, *, prompt: str | None = None, guidance: float |
         text_dir = _component(folder, index, "text_encoder", "to embed the prompt")
         tok_dir = _component(folder, index, "tokenizer", "to embed the prompt")
         prompts = [prompt or ""] + ([""] if guidance != 1.0 else [])
-        embeddings = embed_prompt(text_dir, tok_dir, prompts)
+        tok_entry = index.get("tokenizer")
+        embeddings = embed_prompt(text_dir, tok_dir, prompts,
+                                  tok_entry[-1] if isinstance(tok_entry, list) and tok_entry else None)
         cond, uncond = embeddings[0], (embeddings[1] if guidance != 1.0 else None)
     try:
         vae = diffusers.AutoencoderKL.from_pretrained(str(vae_dir), use_safetensors=True, low_cpu_mem_usage=False)

@@ -284,6 +284,19 @@ def check_finite(solver: str, step: int, t: int, value: torch.Tensor, what: str,
         raise SolverError(f"{solver} diverged at step {step} (t={t}): the {what} is not finite; {hint}")
 
 
+def decoding(callback: Callback | None, prior: Any, size: Sequence[int] | None) -> Callback | None:
+    """``callback`` fed the decoded image of a latent prior's step (``StepInfo.x`` in pixels, as for pixel priors;
+    one decoder pass per step, only when there is a callback)."""
+    if callback is None:
+        return None
+
+    def call(info: StepInfo) -> None:
+        with torch.no_grad():
+            callback(dataclasses.replace(info, x=prior.decode(info.x, size)))
+
+    return call
+
+
 # -- the DDIM arithmetic the samplers share ---------------------------------------------------------------------
 def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
     """The DDIM noise level ``sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)``
@@ -408,9 +421,10 @@ class Sampler(Solver):
                 shape = prior.latent_shape(problem.x_shape)
             except ReddiffError as exc:
                 raise SolverError(f"{self.label}: {exc}") from None
-            z = self.run(prior, problem, shape, generator, callback, dtype=y.dtype, device=y.device)
+            size = problem.x_shape[-2:] if len(problem.x_shape) == 4 else None
+            z = self.run(prior, problem, shape, generator, decoding(callback, prior, size), dtype=y.dtype,
+                         device=y.device)
             with torch.no_grad():
-                size = problem.x_shape[-2:] if len(problem.x_shape) == 4 else None
                 return prior.decode(z, size)
         return self.run(prior, problem, problem.x_shape, generator, callback, dtype=y.dtype, device=y.device)
 

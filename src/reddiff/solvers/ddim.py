@@ -20,7 +20,7 @@ import torch
 
 from ..params import Range, hyper
 from ..schedule import TIMESTEP_SPACINGS
-from .base import Callback, GeneratorLike, SampleContext, Sampler, ddim_sigma, ddim_step
+from .base import Callback, GeneratorLike, SampleContext, Sampler, ddim_sigma, ddim_step, decoding
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prior import DiffusionPrior
@@ -96,7 +96,9 @@ class DDIM(Sampler):
 
         device = torch.device(device) if device is not None else torch.device("cpu")
         if isinstance(prior, LatentPrior):  # shape is the decoded one
-            z = self.run(prior, None, prior.latent_shape(shape), generator, callback, dtype=dtype, device=device)
+            size = tuple(shape)[-2:] if len(shape) == 4 else None
+            z = self.run(prior, None, prior.latent_shape(shape), generator, decoding(callback, prior, size),
+                         dtype=dtype, device=device)
             with torch.no_grad():
-                return prior.decode(z, tuple(shape)[-2:] if len(shape) == 4 else None)
+                return prior.decode(z, size)
         return self.run(prior, None, tuple(shape), generator, callback, dtype=dtype, device=device)

@@ -18,7 +18,9 @@ it is pixel RED-diff step for step.
 
 by alternating, every step, a latent step (one optimizer step on ``z`` for ``rho/2 ||x - D(z)||^2`` plus the
 regulariser: through the decoder only) and a pixel step on ``x`` for ``obs_weight * nll(y, A(x)) + rho/2
-||x - D(z)||^2`` with ``D(z)`` of this step's decoder pass (through ``A`` only). For an SVD-structured operator with
+||x - D(z)||^2`` with ``D(z)`` of this step's decoder pass, taken before the latent update (a Jacobi-style
+alternation: one decoder pass per step; with ``sigma_x0 > 0`` it is the decoded draw ``D(z + sigma_x0 n)``), through
+``A`` only. For an SVD-structured operator with
 Gaussian noise the pixel step is solved exactly (per singular direction ``i``: ``c_i = (k s_i b_i + r e_i) /
 (k s_i^2 + r)``, ``b = U^T y``, ``e = V^T D(z)``, ``k`` and ``r`` the data and coupling weights; directions the
 operator does not see keep ``D(z)``); otherwise it is one step of the optimizer with ``pixel_lr``. Nonlinear
@@ -27,7 +29,9 @@ operators (JPEG, phase retrieval) thus only ever meet the pixel variable. The es
 
 The norms are means over their elements with the default ``data_term="mean"`` (per sample, as pixel RED-diff's),
 sums with the likelihood's scale with ``data_term="paper"``. ``init="zeros"`` and ``init="random"`` start the
-latent (``z = 0``, ``z ~ N(0, I)``) and ``x = D(z)``.
+latent (``z = 0``, ``z ~ N(0, I)``) and ``x = D(z)``. The callback's ``StepInfo.x`` is ``x`` after the step
+(split), or the decoded latent of the step before its update (direct: the decoder pass the step made anyway); the
+returned estimate is ``D(z)`` of the final ``z``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..latent import LatentPrior
     from .reddiff import RedDiff
 
-__all__ = ["latent_reddiff", "exact_pixel_step"]
+__all__ = ["latent_reddiff", "exact_pixel_step", "pixel_weights", "pixel_loss"]
 
 
 def exact_pixel_step(op: SVDOperator, y: torch.Tensor, d: torch.Tensor, k_data: float, k_rho: float) -> torch.Tensor:
@@ -74,6 +78,28 @@ def exact_pixel_step(op: SVDOperator, y: torch.Tensor, d: torch.Tensor, k_data: 
     r = s.numel()
     seen = (k_data * s * b + k_rho * c[:, :r]) / (k_data * s * s + k_rho)
     return op.V(torch.cat([seen, c[:, r:]], dim=1))
+
+
+def pixel_weights(solver: RedDiff, problem: Problem, noise: Any) -> tuple[float, float]:
+    """``(k_data, k_rho)``: the weights of ``||y - A x||^2 / 2`` and ``||x - D(z)||^2 / 2`` in the split form's
+    pixel loss (:func:`pixel_loss`) for a Gaussian likelihood, as :func:`exact_pixel_step` takes them."""
+    if solver.data_term == "paper":
+        return solver.obs_weight / noise.sigma_y**2, solver.rho
+    m, n = math.prod(problem.y.shape[1:]), math.prod(problem.x_shape[1:])
+    return solver.obs_weight * solver.obs_scale(problem) / m, solver.rho / n
+
+
+def pixel_loss(solver: RedDiff, problem: Problem, noise: Any, x: torch.Tensor, target: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split form's pixel loss per sample, ``obs_weight * nll(y, A(x)) + rho/2 ||x - target||^2`` (means, or
+    sums with ``data_term="paper"``), and its data part."""
+    dims = tuple(range(1, x.dim()))
+    ax = problem.operator.A(x)
+    if solver.data_term == "paper":
+        obs, gap = noise.nll_sum(problem.y, ax), (x - target).pow(2).sum(dim=dims)
+    else:
+        obs, gap = solver.obs_scale(problem) * noise.nll(problem.y, ax), (x - target).pow(2).mean(dim=dims)
+    return solver.obs_weight * obs + 0.5 * solver.rho * gap, obs
 
 
 def _size(problem: Problem) -> tuple[int, int] | None:
@@ -130,9 +156,7 @@ def latent_reddiff(solver: RedDiff, prior: LatentPrior, problem: Problem, genera
     paper = solver.data_term == "paper"
     exact = split and isinstance(op, SVDOperator) and type(noise) is GaussianNoise
     if exact:
-        m, n = math.prod(y.shape[1:]), math.prod(problem.x_shape[1:])
-        k_data = solver.obs_weight / noise.sigma_y**2 if paper else solver.obs_weight * obs_scale / m
-        k_rho = solver.rho if paper else solver.rho / n
+        k_data, k_rho = pixel_weights(solver, problem, noise)
     last: torch.Tensor | None = None
     from .reddiff import LR_SCHEDULES
 
@@ -175,13 +199,10 @@ def latent_reddiff(solver: RedDiff, prior: LatentPrior, problem: Problem, genera
                 if exact:
                     with torch.no_grad():
                         x.copy_(exact_pixel_step(op, y, target, k_data, k_rho))
-                    obs = noise.nll_sum(y, op.A(x.detach())) if paper else obs_scale * noise.nll(y, op.A(x.detach()))
+                        obs = pixel_loss(solver, problem, noise, x, target)[1]
                 else:
-                    ax = op.A(x)
-                    obs = noise.nll_sum(y, ax) if paper else obs_scale * noise.nll(y, ax)
-                    gap = (x - target).pow(2)
-                    couple_x = 0.5 * solver.rho * (gap.sum(dim=x_dims) if paper else gap.mean(dim=x_dims))
-                    loss_x = (solver.obs_weight * obs + couple_x).sum()
+                    loss_x, obs = pixel_loss(solver, problem, noise, x, target)
+                    loss_x = loss_x.sum()
                     check_finite(solver.label, i, t, loss_x.detach(), "pixel loss", hint)
                     for group in opt_x.param_groups:
                         group["lr"] = (solver.pixel_lr or solver.lr) * factor
