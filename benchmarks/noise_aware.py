@@ -4,8 +4,9 @@ With the mean-normalised data term the likelihood's 1/σ_y² is gone, so λ does
 between prior and data has to be chosen per noise level. For each task below and each σ_y in 0, 0.01, 0.025, 0.05,
 0.1 (0..1 pixel units), λ is swept over {1/4, 1/2, 1, 2, 4} × the task's fixed preset λ (the preset's other fields
 kept) on the three *training* sweep crops (64 px, 100 steps); the best becomes the preset entry of a noise band whose
-bound lies halfway (geometrically) to the next level. Then, on held-out 64 px tiles (astronaut, chelsea, coffee,
-grace_hopper; never swept), the noise-aware preset is scored against the fixed one at every level. Not a timed test.
+bound lies halfway (geometrically) to the next level. Then, on the first ``--tiles`` held-out 64 px tiles in name
+order (astronaut, chelsea, coffee, grace_hopper; never swept), the noise-aware preset is scored against the fixed one
+at every level. Not a timed test (about an hour on 2 CPU cores).
 
     python benchmarks/noise_aware.py --write --out benchmarks/results/noise_aware.json
 """
@@ -59,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", type=int, default=12, help="held-out tiles to score (of 20)")
     parser.add_argument("--work", default="/tmp/reddiff-noise-aware")
     parser.add_argument("--write", action="store_true", help="write the banded presets beside the prior's weights")
+    parser.add_argument("--apply", metavar="RESULTS.json", default=None,
+                        help="write the bands of an earlier run's results beside the prior's weights, and stop")
     parser.add_argument("--out", default="benchmarks/results/noise_aware.json")
     add_overwrite(parser)
     args = parser.parse_args(argv)
+    if args.apply:
+        return apply(args.apply, args.prior)
     refuse_existing(args, args.out)
 
     prior = load_prior(args.prior, progress=False).eval()
@@ -121,13 +126,24 @@ def main(argv: list[str] | None = None) -> int:
                               indent=2) + "\n")
     print(f"wrote {out}")
     if args.write:
-        target = presets_path(prior.info["path"])
-        data = json.loads(target.read_text())
-        data["tasks"].update(bands)
-        data.setdefault("provenance", {})["noise_aware"] = {k: v for k, v in provenance.items()
-                                                            if k != "heldout_tiles"}
-        target.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {target}")
+        write_bands(prior, bands, provenance)
+    return 0
+
+
+def write_bands(prior, bands: dict, provenance: dict) -> None:
+    """Put the banded presets beside the prior's weights (the other tasks' presets kept), with provenance."""
+    target = presets_path(prior.info["path"])
+    data = json.loads(target.read_text())
+    data["tasks"].update(bands)
+    data.setdefault("provenance", {})["noise_aware"] = {k: v for k, v in provenance.items() if k != "heldout_tiles"}
+    target.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {target}")
+
+
+def apply(path: str, prior_spec: str) -> int:
+    """``--apply RESULTS.json``: write the bands of an earlier run (its JSON) without sweeping again."""
+    result = json.loads(Path(path).read_text())
+    write_bands(load_prior(prior_spec, progress=False), result["bands"], result["provenance"])
     return 0
 
 
