@@ -314,7 +314,7 @@ def test_evaluate_leaves_out_the_solvers_a_latent_prior_refuses(sd_folder, tmp_p
     assert "reddiff" in report["solvers"] and "dps" in report["refused"]
 
 
-def test_split_form_fits_the_measurement_better_than_its_decoded_latent(sd_folder):
+def test_split_form_reports_its_coupling_and_a_vanishing_coupling_reproduces_y(sd_folder):
     prior = load_prior(f"sd:{sd_folder}", progress=False)
     clean = torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) * 2 - 1
     op = make_operator("inpaint-random:0.5", clean.shape[1:], generator=torch.Generator().manual_seed(1))

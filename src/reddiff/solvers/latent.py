@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import SolverError
-from ..noise import GaussianNoise, robust_noise
+from ..noise import GaussianNoise
 from ..operators.base import SVDOperator
 from .base import (
     Callback,
@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..latent import LatentPrior
     from .reddiff import RedDiff
 
-__all__ = ["latent_reddiff", "exact_pixel_step", "pixel_weights", "pixel_loss"]
+__all__ = ["latent_reddiff", "exact_pixel_step", "pixel_weights", "pixel_loss", "data_term"]
 
 
 def exact_pixel_step(op: SVDOperator, y: torch.Tensor, d: torch.Tensor, k_data: float, k_rho: float) -> torch.Tensor:
@@ -93,13 +93,21 @@ def pixel_loss(solver: RedDiff, problem: Problem, noise: Any, x: torch.Tensor, t
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The split form's pixel loss per sample, ``obs_weight * nll(y, A(x)) + rho/2 ||x - target||^2`` (means, or
     sums with ``data_term="paper"``), and its data part."""
-    dims = tuple(range(1, x.dim()))
-    ax = problem.operator.A(x)
+    obs = data_term(solver, problem, noise, problem.operator.A(x))
+    return solver.obs_weight * obs + 0.5 * solver.rho * per_sample(solver, (x - target).pow(2)), obs
+
+
+def per_sample(solver: RedDiff, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of ``t`` (sum with ``data_term="paper"``): how every term of the loss is normalised."""
+    dims = tuple(range(1, t.dim()))
+    return t.sum(dim=dims) if solver.data_term == "paper" else t.mean(dim=dims)
+
+
+def data_term(solver: RedDiff, problem: Problem, noise: Any, ax: torch.Tensor) -> torch.Tensor:
+    """The noise model's likelihood term per sample, in the solver's normalisation (without ``obs_weight``)."""
     if solver.data_term == "paper":
-        obs, gap = noise.nll_sum(problem.y, ax), (x - target).pow(2).sum(dim=dims)
-    else:
-        obs, gap = solver.obs_scale(problem) * noise.nll(problem.y, ax), (x - target).pow(2).mean(dim=dims)
-    return solver.obs_weight * obs + 0.5 * solver.rho * gap, obs
+        return noise.nll_sum(problem.y, ax)
+    return solver.obs_scale(problem) * noise.nll(problem.y, ax)
 
 
 def _size(problem: Problem) -> tuple[int, int] | None:
@@ -117,9 +125,7 @@ def latent_reddiff(solver: RedDiff, prior: LatentPrior, problem: Problem, genera
     if solver.repulsion > 0:
         raise SolverError("RED-diff's repulsion among samples is not available with latent priors; use "
                           "--repulsion 0")
-    noise = robust_noise(solver.robust, problem.noise)
-    if solver.data_term == "paper" and noise.sigma_y <= 0:
-        raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
+    noise = solver.data_noise(problem)
     op, y = problem.operator, problem.y
     try:
         latent_shape = prior.latent_shape(problem.x_shape)
@@ -149,11 +155,7 @@ def latent_reddiff(solver: RedDiff, prior: LatentPrior, problem: Problem, genera
         x = torch.nn.Parameter(x_start.detach().clone().to(y.dtype))
         opt_x = solver.make_optimizer([x], solver.pixel_lr or solver.lr)
 
-    z_dims = tuple(range(1, z.dim()))
-    x_dims = tuple(range(1, len(problem.x_shape)))
     n_steps = len(timesteps)
-    obs_scale = solver.obs_scale(problem)
-    paper = solver.data_term == "paper"
     exact = split and isinstance(op, SVDOperator) and type(noise) is GaussianNoise
     if exact:
         k_data, k_rho = pixel_weights(solver, problem, noise)
@@ -173,16 +175,14 @@ def latent_reddiff(solver: RedDiff, prior: LatentPrior, problem: Problem, genera
             # 4. SNR-based weight, 5. the regulariser on z
             w_t = solver.weight(a_t)
             score = (eps_hat - eps).detach() * z_0
-            reg = score.sum(dim=z_dims) if paper else score.mean(dim=z_dims)
+            reg = per_sample(solver, score)
             decoded = prior.decode(z_0, size)  # through the decoder: the only backward pass
             if split:
-                gap = (x.detach() - decoded).pow(2)
-                couple = 0.5 * solver.rho * (gap.sum(dim=x_dims) if paper else gap.mean(dim=x_dims))
+                couple = 0.5 * solver.rho * per_sample(solver, (x.detach() - decoded).pow(2))
                 loss = (w_t * reg + couple).sum()
                 obs = None
             else:
-                ax = op.A(decoded)
-                obs = noise.nll_sum(y, ax) if paper else obs_scale * noise.nll(y, ax)
+                obs = data_term(solver, problem, noise, op.A(decoded))
                 loss = (w_t * reg + solver.obs_weight * obs).sum()
             check_finite(solver.label, i, t, loss.detach(), "loss", hint)
             # 6. one optimizer step on z
@@ -199,7 +199,8 @@ def latent_reddiff(solver: RedDiff, prior: LatentPrior, problem: Problem, genera
                 if exact:
                     with torch.no_grad():
                         x.copy_(exact_pixel_step(op, y, target, k_data, k_rho))
-                        obs = pixel_loss(solver, problem, noise, x, target)[1]
+                        if callback is not None:  # reported only
+                            obs = data_term(solver, problem, noise, op.A(x))
                 else:
                     loss_x, obs = pixel_loss(solver, problem, noise, x, target)
                     loss_x = loss_x.sum()

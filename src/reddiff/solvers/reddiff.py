@@ -314,6 +314,13 @@ class RedDiff(Solver):
             kwargs.setdefault("betas", self.betas)
         return opt_cls(params, lr=lr, **kwargs)
 
+    def data_noise(self, problem: Problem) -> Any:
+        """The noise model whose likelihood is the data term (the problem's, made robust by ``robust``)."""
+        noise = robust_noise(self.robust, problem.noise)
+        if self.data_term == "paper" and noise.sigma_y <= 0:
+            raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
+        return noise
+
     def obs_scale(self, problem: Problem) -> float:
         """The factor of the data term: with ``data_term="reference"`` and an inpainting operator the observed share
         of the pixels (the official code's term is a mean over the whole masked image), else 1."""
@@ -326,15 +333,13 @@ class RedDiff(Solver):
                  callback: Callback | None = None) -> torch.Tensor:
         """Run RED-diff and return the estimate ``mu`` (see :meth:`Solver.__call__`; with a latent prior see
         :mod:`reddiff.solvers.latent`)."""
-        noise = robust_noise(self.robust, problem.noise)
-        if self.data_term == "paper" and noise.sigma_y <= 0:
-            raise SolverError("data_term='paper' divides by sigma_y^2 and needs sigma_y > 0")
         from ..latent import LatentPrior
 
         if isinstance(prior, LatentPrior):
             from .latent import latent_reddiff
 
             return latent_reddiff(self, prior, problem, generator, callback)
+        noise = self.data_noise(problem)
         op, y = problem.operator, problem.y
         gens = per_sample_generators(generator, problem.batch_size, y.device)
         schedule = prior.schedule
