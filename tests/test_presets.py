@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +137,23 @@ def test_every_builtin_task_has_a_bundled_preset(capsys):
     for name in task_specs():
         assert f"preset {name} " in bundled, name
     assert all(f"as {target}" in bundled for target in PRESET_ALIASES.values())
+
+
+def test_bundled_noise_bands_are_the_ones_measured():
+    """The bundled prior's noise bands are exactly those `benchmarks/noise_aware.py` chose (its results file), ordered
+    by their bound, and each noise level picks the band its sweep chose for it."""
+    from reddiff.networks.hub import bundled_weights
+
+    presets = load_presets(bundled_weights())
+    results = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/noise_aware.json").read_text())
+    assert presets["provenance"]["noise_aware"]["prior_sha256"] == results["provenance"]["prior_sha256"]
+    assert results["bands"], "no bands in the results"
+    for family, bands in results["bands"].items():
+        assert presets["tasks"][family] == bands, family
+        bounds = [b["max_sigma_y"] for b in bands]
+        assert bounds[-1] is None and bounds[:-1] == sorted(bounds[:-1]), family
+    for row in results["heldout"]:  # sigma_y in 0..1 units there, [-1, 1] for preset_for
+        assert preset_for(presets, row["task"], 2 * row["sigma_y"])["lam"] == row["lam_aware"], row
 
 
 def test_demo_with_the_bundled_prior_on_a_small_image(capsys, tmp_path, small_image):
