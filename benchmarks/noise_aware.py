@@ -5,16 +5,18 @@ between prior and data has to be chosen per noise level. For each task below and
 0.1 (0..1 pixel units), λ is swept over {1/4, 1/2, 1, 2, 4} × the task's fixed preset λ (the preset's other fields
 kept) on the three *training* sweep crops (64 px, 100 steps), the grid doubling (or halving) past its edge while the
 pick lies on it (up to 1024× either way). The pick is the best λ unless one nearer the fixed preset's comes within
-0.1 dB of it (:func:`pick`); it becomes the preset entry of a noise band whose bound lies halfway (geometrically) to
-the next level. Then, on ``--tiles`` held-out 64 px tiles spread over astronaut, chelsea, coffee
+0.1 dB of it (``common.pick_factor``); it becomes the preset entry of a noise band whose bound lies halfway
+(geometrically) to the next level. Then, on ``--tiles`` held-out 64 px tiles spread over astronaut, chelsea, coffee
 and grace_hopper (never swept), the noise-aware preset is scored against the fixed one at every level. Not a timed
-test (about 15 CPU-minutes per task on 2 cores).
+test (about 15 to 30 minutes per task on a busy 2-core CPU).
 
 ``--reuse RESULTS.json`` takes every score an earlier run of this script measured (same prior, crops, tiles and
 seeds: the runs are deterministic) instead of measuring it again, and the fixed presets from it, so a wider grid or
-more tasks cost only the new runs.
+more tasks cost only the new runs. A task whose preset already has noise bands needs it (its fixed preset is kept
+there):
 
-    python benchmarks/noise_aware.py --write --out benchmarks/results/noise_aware.json
+    python benchmarks/noise_aware.py --reuse benchmarks/results/noise_aware.json --write \
+        --out /tmp/noise_aware.json
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_overwrite, refuse_existing
+from common import add_overwrite, pick_factor, refuse_existing
 from evaluate_heldout import write_sets
 from sweep_presets import crops
 
@@ -39,22 +41,12 @@ from reddiff.io import load_image
 from reddiff.solvers import RedDiff
 from reddiff.tools.presets import PRESET_KEYS, load_presets, preset_for, presets_path
 
-TASKS = ("sr:4", "deblur-gauss", "inpaint-random:0.8", "inpaint-box")
+TASKS = ("sr:4", "deblur-gauss", "inpaint-random:0.8", "inpaint-box", "bicubic:4", "inpaint-center",
+         "inpaint-freeform", "deblur-uniform:9")
 LEVELS = (0.0, 0.01, 0.025, 0.05, 0.1)  # sigma_y, 0..1 pixel units
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: how far the λ grid may widen past FACTORS when the pick lies on its edge
 MAX_FACTOR = 1024.0
-#: a λ other than the fixed preset's must beat every λ nearer to it by more than this (mean dB on the three crops)
-MARGIN_DB = 0.1
-
-
-def pick(tried: dict[float, float]) -> float:
-    """The factor to use: the best one, unless a factor nearer 1 (on a log scale) comes within MARGIN_DB of it; three
-    crops cannot tell smaller differences apart (a 0.05 dB gain at λ/64 lost 0.33 dB on the held-out tiles)."""
-    best = max(tried.values())
-    return min((f for f, v in tried.items() if v >= best - MARGIN_DB), key=lambda f: abs(math.log(f)))
-
-
 def bounds(levels: tuple[float, ...]) -> list[float | None]:
     """The upper bound of each level's band, in [-1, 1] units: the geometric midpoint to the next level (the
     arithmetic one next to 0), None for the last."""
@@ -129,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                               "psnr": tried[f], "per_image": vals})
                 print(f"sweep {task:<20} sigma {sigma:<6} lam {settings['lam']:<8g} {tried[f]:6.2f} dB",
                       file=sys.stderr, flush=True)
-                factor = pick(tried)
+                factor = pick_factor(tried)
                 if not todo:  # widen the grid while the pick lies on its edge
                     if factor == max(tried) and factor * 2 <= MAX_FACTOR:
                         todo.append(factor * 2)
@@ -166,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                   "prior_sha256": prior.info.get("sha256"), "levels": list(LEVELS), "factors": list(FACTORS),
                   "train_crops": crop_record(train),
                   "heldout_tiles": [n for n, _ in tiles], "seconds": round(time.perf_counter() - t0, 1),
-                  "max_factor": MAX_FACTOR, "reused": args.reuse}
+                  "max_factor": MAX_FACTOR,
+                  "reused": Path(args.reuse).name if args.reuse else None}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"provenance": provenance, "fixed": fixed_of, "bands": bands, "heldout": heldout,

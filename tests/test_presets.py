@@ -156,6 +156,23 @@ def test_bundled_noise_bands_are_the_ones_measured():
         assert preset_for(presets, row["task"], 2 * row["sigma_y"])["lam"] == row["lam_aware"], row
 
 
+def test_bundled_learning_rates_re_chosen_by_steps_are_the_ones_measured():
+    """Where `benchmarks/preset_lr.py` re-chose a task's lr (at 50 and 100 steps), every band of the shipped preset
+    carries the pick, and the pick is the best measured factor or one nearer 1 within the margin."""
+    from reddiff.networks.hub import bundled_weights
+
+    presets = load_presets(bundled_weights())
+    results = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/preset_lr.json").read_text())
+    assert presets["provenance"]["lr"]["picks"] == results["provenance"]["picks"]
+    for task, pick in results["provenance"]["picks"].items():
+        assert {e["lr"] for e in presets["tasks"][task.split(":")[0]]} == {pick["lr"]}, task
+        total = {}
+        for r in results["rows"]:
+            if r["task"] == task:
+                total[r["factor"]] = total.get(r["factor"], 0.0) + r["psnr"]
+        assert total[pick["factor"]] >= max(total.values()) - 0.1, task
+
+
 def test_demo_with_the_bundled_prior_on_a_small_image(capsys, tmp_path, small_image):
     code = main(["demo", "--input", str(small_image), "--steps", "3", "--output", str(tmp_path / "d"), "--json",
                  "--no-progress"])
