@@ -5,11 +5,11 @@ On held-out tiles (astronaut, chelsea, coffee, grace_hopper, 48 px centres of th
 (0.01): RED-diff with the prior's preset at 10, 20, 50, 100, 200 and 1000 steps (one network evaluation per step),
 RED-diff with the paper's settings at 1000 steps, and DPS, ΠGDM and DDRM at 10 … 200 steps (``--sampler-nfes``).
 The question the table answers: how close does the preset come at 50 NFE to the best 1000-NFE RED-diff result?
-Writes JSON and a plot (``docs/nfe_curves.png``). Not a timed test. ``--tasks`` and ``--samplers none`` give
-RED-diff's curve on the other preset tasks (each at the noise level its preset was swept at):
+Writes JSON and a plot (``docs/nfe_curves.png``). Not a timed test. ``--tasks`` gives the curves on the other preset
+tasks (each at the noise level its preset was swept at; ``--samplers none`` for RED-diff alone):
 
     python benchmarks/nfe_curves.py --out benchmarks/results/nfe_curves.json --plot docs/nfe_curves.png
-    python benchmarks/nfe_curves.py --samplers none --tasks bicubic:4@0.01,deblur-uniform:9@0.01,\
+    python benchmarks/nfe_curves.py --tasks bicubic:4@0.01,deblur-uniform:9@0.01,\
 deblur-motion@0.01,inpaint-box@0,inpaint-center@0,inpaint-half@0,inpaint-freeform@0,colorize@0.01,cs@0.01,\
 hdr@0.01,jpeg@0,quantize@0,phase-retrieval@0.01,denoise@0.1 \
         --out benchmarks/results/nfe_curves_alltasks.json --plot docs/nfe_curves_alltasks.png
