@@ -47,6 +47,8 @@ LEVELS = (0.0, 0.01, 0.025, 0.05, 0.1)  # sigma_y, 0..1 pixel units
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: how far the λ grid may widen past FACTORS when the pick lies on its edge
 MAX_FACTOR = 1024.0
+
+
 def bounds(levels: tuple[float, ...]) -> list[float | None]:
     """The upper bound of each level's band, in [-1, 1] units: the geometric midpoint to the next level (the
     arithmetic one next to 0), None for the last."""
