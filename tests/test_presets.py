@@ -112,6 +112,9 @@ def test_bundled_prior_ships_with_presets_for_the_main_tasks(capsys):
     lines = [ln for ln in out.splitlines() if "preset sr " in ln]
     assert any(all(f"{k} {v}" in line for k, v in preset_for(presets, "sr:4", 0.02).items()) for line in lines)
     assert len(lines) == len(presets["tasks"]["sr"])  # one line per noise band
+    # bands shown in --sigma-y's 0..1 units (stored in [-1, 1]); the last one holds above the one before
+    first, before = presets["tasks"]["sr"][0]["max_sigma_y"], presets["tasks"]["sr"][-2]["max_sigma_y"]
+    assert f"sigma_y <= {first / 2:.3g} " in lines[0] and f"sigma_y > {before / 2:.3g} " in lines[-1]
 
 
 def test_every_builtin_task_has_a_bundled_preset(capsys):

@@ -129,12 +129,16 @@ def run(args: argparse.Namespace) -> int:
         print("prior routes (--prior SPEC):")
         for route, form, what in ROUTES:
             print(f"  {route:<10} {form:<40} {what}")
-        print(f"priors (cache: {cache_dir()}):")
+        print(f"priors (cache: {cache_dir()}; preset noise bands in --sigma-y units, 0..1):")
         for k, v in data["priors"].items():
             print(f"  {k:<28} {v['description']}{'  [cached]' if v['cached'] else ''}")
             for family, entries in (v.get("presets") or {}).items():
-                for e in entries:
-                    bound = "any sigma_y" if e.get("max_sigma_y") is None else f"sigma_y <= {e['max_sigma_y']:g}"
+                below = None  # the bound of the band before: the last band holds above it
+                for e in entries:  # bounds are stored in [-1, 1] units, shown in --sigma-y's 0..1 units
+                    if e.get("max_sigma_y") is not None:
+                        bound, below = f"sigma_y <= {e['max_sigma_y'] / 2:.3g}", e["max_sigma_y"] / 2
+                    else:
+                        bound = "any sigma_y" if below is None else f"sigma_y > {below:.3g}"
                     settings = "  ".join(f"{k} {val}" for k, val in e.items() if k not in ("max_sigma_y", "note"))
                     print(f"  {'':<28}   preset {family:<16} {bound:<18} {settings}")
             for alias, target in (v.get("preset_aliases") or {}).items():
