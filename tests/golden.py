@@ -1,8 +1,9 @@
 """Golden numbers: short, seeded runs of every solver whose results must never change by accident.
 
 Each case runs one solver on one small problem (the tiny ADM fixture or the bundled prior at 32 px) with fixed
-seeds and records the sum and the maximum of the estimate. ``tests/test_golden.py`` checks them to 1e-5; this file
-rewrites them (only when a change of results is intended and explained in its commit):
+seeds and records the sum and the maximum of the estimate. ``tests/test_golden.py`` checks them to 1e-5 (``RTOL``
+for the few that vary with the CPU); this file rewrites them (only when a change of results is intended and
+explained in its commit):
 
     python tests/golden.py --write
 """
@@ -39,15 +40,17 @@ CASES: list[tuple[str, str, str, float, str, str, dict, int]] = [
     ("tiny/dps/sr", "tiny", "sr:4", 0.05, "gaussian", "dps", {"steps": 5, "zeta": 0.1}, 1),
     ("tiny/dps/poisson", "tiny", "sr:2", 0.0, "poisson:50", "dps", {"steps": 5, "zeta": 0.05}, 1),
     ("tiny/pigdm/inpaint", "tiny", "inpaint-random:0.5", 0.02, "gaussian", "pigdm", {"steps": 5}, 1),
-    ("tiny/pigdm/motion-cg", "tiny", "deblur-motion", 0.05, "gaussian", "pigdm",
-     {"steps": 4, "cg_iters": 20}, 1),
     ("tiny/ddrm/sr", "tiny", "sr:4", 0.05, "gaussian", "ddrm", {"steps": 5}, 2),
-    ("tiny/ddrm/deblur", "tiny", "deblur-gauss", 0.05, "gaussian", "ddrm", {"steps": 5, "eta": 0.5}, 1),
     ("tiny/ddim/eta0", "tiny", "denoise", 0.0, "gaussian", "ddim", {"steps": 5}, 1),
     ("tiny/ddim/eta1", "tiny", "denoise", 0.0, "gaussian", "ddim", {"steps": 5, "eta": 1.0}, 2),
     ("bundled/reddiff/paper", "bundled", "sr:4", 0.02, "gaussian", "reddiff", {"steps": 10}, 1),
     ("bundled/dps/sr", "bundled", "sr:4", 0.02, "gaussian", "dps", {"steps": 10}, 1),
     ("bundled/pigdm/sr", "bundled", "sr:4", 0.02, "gaussian", "pigdm", {"steps": 10}, 1),
+    # motion blur through conjugate gradients at σ_y 0.2 and DDRM deblurring with the bundled prior: at σ_y 0.05 with
+    # the tiny network their results moved by up to 24 % with the CPU's vector instructions (ATEN_CPU_CAPABILITY
+    # default / avx2 / avx512); these agree across the three to 1e-6
+    ("bundled/pigdm/motion-cg", "bundled", "deblur-motion", 0.2, "gaussian", "pigdm", {"steps": 10, "cg_iters": 20}, 1),
+    ("bundled/ddrm/deblur", "bundled", "deblur-gauss", 0.05, "gaussian", "ddrm", {"steps": 5, "eta": 0.5}, 1),
     ("bundled/ddrm/inpaint", "bundled", "inpaint-random:0.8", 0.0, "gaussian", "ddrm", {"steps": 10}, 1),
     ("bundled/ddim/sample", "bundled", "denoise", 0.0, "gaussian", "ddim", {"steps": 10}, 1),
 ] + [
@@ -55,6 +58,13 @@ CASES: list[tuple[str, str, str, float, str, str, dict, int]] = [
     (f"bundled/reddiff/preset-{task}", "bundled", task, sigma, "gaussian", "reddiff", {"preset": task}, 1)
     for task, sigma in (("sr:4", 0.02), ("inpaint-random:0.8", 0.0), ("deblur-gauss", 0.02), ("denoise", 0.2))
 ]
+
+
+#: relative tolerance of the check where 1e-5 would test the CPU rather than the code: ΠGDM inpainting's sum varies by
+#: up to 2e-3 across CPUs (-107.12 / -107.13 / -107.11 with ATEN_CPU_CAPABILITY default / avx2 / avx512; -106.94 on
+#: another machine), while a change of the algorithm moves it by far more
+RTOL = {"tiny/pigdm/inpaint": 1e-2}
+DEFAULT_RTOL = 1e-5
 
 
 def clean_image(batch: int) -> torch.Tensor:

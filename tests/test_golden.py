@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from golden import CASES, GOLDEN, compute
+from golden import CASES, DEFAULT_RTOL, GOLDEN, RTOL, compute
 
 EXPECTED = json.loads(GOLDEN.read_text())
 
@@ -21,4 +21,5 @@ def test_golden_numbers_hold(prior):
     for name, values in got.items():
         for key in ("sum", "max"):
             want = EXPECTED[name][key]
-            assert abs(values[key] - want) <= 1e-5 * max(1.0, abs(want)), (name, key, values[key], want)
+            rtol = RTOL.get(name, DEFAULT_RTOL)
+            assert abs(values[key] - want) <= rtol * max(1.0, abs(want)), (name, key, values[key], want)
