@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {"script": "benchmarks/noise_aware.py", "date": datetime.date.today().isoformat(),
                   "prior_sha256": prior.info.get("sha256"), "levels": list(LEVELS), "factors": list(FACTORS),
                   "train_crops": crop_record(train),
-                  "heldout_tiles": [n for n, _ in tiles], "seconds": round(time.perf_counter() - t0, 1),
+                  "heldout_tiles": [n for n, _ in tiles],
+                  # this run's time alone: with --reuse most scores were measured by the runs before it
+                  "seconds_this_run": round(time.perf_counter() - t0, 1),
                   "max_factor": MAX_FACTOR,
                   "reused": Path(args.reuse).name if args.reuse else None}
     out = Path(args.out)
@@ -196,9 +198,6 @@ def fixed_preset(presets: dict, earlier: dict, task: str) -> dict:
     """The task's preset before noise bands: from the earlier run that made them, or its single σ-free entry."""
     if task in earlier.get("fixed", {}):
         return earlier["fixed"][task]
-    for row in earlier.get("heldout", []):  # a run that kept only λ: the other fields are those of every band
-        if row["task"] == task:
-            return {**preset_for(presets, task, 0.0), "lam": row["lam_fixed"]}
     entries = presets["tasks"].get(task.split(":")[0], []) if presets else []
     if len(entries) != 1:
         raise SystemExit(f"{task}: no single fixed preset to start from (it has {len(entries)} entries); "
